@@ -1,0 +1,127 @@
+//! `settled`: the Settle coordinator server.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use settle_coordinator::{Config, Coordinator, Limits, recovery::RecoveryConfig, retry::RetryPolicy, store::redact};
+use tokio::net::TcpListener;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Settle coordinator: TCC and saga distributed transactions over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SETTLE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(long, env = "SETTLE_DATABASE", default_value = "sqlite://settle.db")]
+    database: String,
+    /// Database connection pool size.
+    #[arg(long, env = "SETTLE_MAX_CONNECTIONS", default_value_t = 16)]
+    max_connections: u32,
+    /// A participant known at start-up, as NAME=URL (repeatable; comma-separated in the env var).
+    #[arg(long = "participant", env = "SETTLE_PARTICIPANTS", value_delimiter = ',', value_parser = parse_participant)]
+    participants: Vec<(String, String)>,
+    /// Largest branch payload in bytes.
+    #[arg(long, env = "SETTLE_MAX_PAYLOAD", default_value_t = 64 * 1024)]
+    max_payload: usize,
+    /// Most branches per transaction.
+    #[arg(long, env = "SETTLE_MAX_BRANCHES", default_value_t = 64)]
+    max_branches: u32,
+    /// Timeout of one Confirm/Cancel call, in milliseconds.
+    #[arg(long, env = "SETTLE_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    call_timeout_ms: u64,
+    /// First retry delay bound, in milliseconds.
+    #[arg(long, env = "SETTLE_RETRY_INITIAL_MS", default_value_t = 500)]
+    retry_initial_ms: u64,
+    /// Growth of the retry delay bound per attempt.
+    #[arg(long, env = "SETTLE_RETRY_MULTIPLIER", default_value_t = 2.0)]
+    retry_multiplier: f64,
+    /// Largest retry delay, in milliseconds.
+    #[arg(long, env = "SETTLE_RETRY_CAP_MS", default_value_t = 60_000)]
+    retry_cap_ms: u64,
+    /// Flag needs_attention after this many failed rounds.
+    #[arg(long, env = "SETTLE_ATTENTION_AFTER_ATTEMPTS", default_value_t = 10)]
+    attention_after_attempts: u32,
+    /// Flag needs_attention this long after the decision, in seconds.
+    #[arg(long, env = "SETTLE_ATTENTION_AFTER_SECS", default_value_t = 600)]
+    attention_after_secs: u64,
+    /// Pause between recovery passes, in milliseconds.
+    #[arg(long, env = "SETTLE_RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
+    recovery_interval_ms: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SETTLE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_participant(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=URL, got {s:?}"))?;
+    Ok((name.trim().to_owned(), url.trim().to_owned()))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let config = Config {
+        database: args.database.clone(),
+        max_connections: args.max_connections,
+        participants: args.participants,
+        limits: Limits {
+            max_payload: args.max_payload,
+            max_branches: args.max_branches,
+        },
+        retry: RetryPolicy {
+            initial: Duration::from_millis(args.retry_initial_ms),
+            multiplier: args.retry_multiplier,
+            cap: Duration::from_millis(args.retry_cap_ms),
+            attention_after_attempts: args.attention_after_attempts,
+            attention_after: Duration::from_secs(args.attention_after_secs),
+        },
+        call_timeout: Duration::from_millis(args.call_timeout_ms),
+        recovery: RecoveryConfig {
+            interval: Duration::from_millis(args.recovery_interval_ms),
+            ..RecoveryConfig::default()
+        },
+    };
+    let coordinator = Coordinator::open(config).await?;
+    let listener = TcpListener::bind(args.listen).await?;
+    // Tests and scripts read this line to find a port chosen with :0.
+    println!("settled listening on {}", listener.local_addr()?);
+    info!(addr = %listener.local_addr()?, database = %redact(&args.database), "settled started");
+    coordinator.serve(listener, shutdown_signal()).await?;
+    info!("settled stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    info!("shutdown signal received");
+}

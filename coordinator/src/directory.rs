@@ -1,0 +1,115 @@
+//! The participant directory: participant name → endpoint, and one reusable gRPC client per
+//! endpoint.
+//!
+//! Names are persisted in the store (from `RegisterParticipant` and from start-up
+//! configuration), so every coordinator sharing a database knows every participant. Each
+//! instance keeps a small cache that it refreshes from the store every few seconds, which
+//! is how an endpoint change made through another instance reaches this one. Channels are
+//! created once per endpoint and connect lazily; tonic reconnects them as needed.
+//!
+//! The directory does not decide when to call a participant; the engine does.
+
+use std::{
+    collections::HashMap,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use settle_proto::v1::participant_client::ParticipantClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::{self, Store};
+
+/// How long a cached endpoint is trusted before it is read from the store again.
+const REFRESH_AFTER: Duration = Duration::from_secs(5);
+
+/// A participant the engine can call.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Its endpoint URL.
+    pub endpoint: String,
+    /// A client on the shared channel for that endpoint.
+    pub client: ParticipantClient<Channel>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    resolved: Resolved,
+    checked_at: Instant,
+}
+
+/// Known participants and their channels.
+#[derive(Debug)]
+pub struct Directory {
+    store: Store,
+    connect_timeout: Duration,
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+impl Directory {
+    /// An empty directory backed by `store`.
+    pub fn new(store: Store, connect_timeout: Duration) -> Directory {
+        Directory {
+            store,
+            connect_timeout,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Records `name` at `endpoint` (already validated), durably, and caches it.
+    pub async fn register(&self, name: &str, endpoint: &str) -> Result<Resolved, store::Error> {
+        self.store.upsert_participant(name, endpoint).await?;
+        Ok(self.cache(name, endpoint))
+    }
+
+    /// Looks `name` up: from the cache while fresh, otherwise from the store.
+    pub async fn resolve(&self, name: &str) -> Result<Option<Resolved>, store::Error> {
+        {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = entries.get(name)
+                && entry.checked_at.elapsed() < REFRESH_AFTER
+            {
+                return Ok(Some(entry.resolved.clone()));
+            }
+        }
+        let Some(endpoint) = self.store.participant(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.cache(name, &endpoint)))
+    }
+
+    fn cache(&self, name: &str, endpoint: &str) -> Resolved {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get_mut(name)
+            && entry.resolved.endpoint == endpoint
+        {
+            entry.checked_at = Instant::now();
+            return entry.resolved.clone();
+        }
+        let resolved = Resolved {
+            endpoint: endpoint.to_owned(),
+            client: ParticipantClient::new(self.channel(endpoint)),
+        };
+        entries.insert(
+            name.to_owned(),
+            Entry {
+                resolved: resolved.clone(),
+                checked_at: Instant::now(),
+            },
+        );
+        resolved
+    }
+
+    fn channel(&self, endpoint: &str) -> Channel {
+        // Endpoints are validated before they are stored; a row written by hand that does
+        // not parse still yields a channel, whose calls fail (and are retried) visibly.
+        let parsed = Endpoint::from_shared(endpoint.to_owned())
+            .unwrap_or_else(|_| Endpoint::from_static("http://invalid-endpoint.invalid"));
+        parsed
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy()
+    }
+}

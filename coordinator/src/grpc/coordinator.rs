@@ -1,0 +1,121 @@
+//! `settle.v1.Coordinator` over the engine: wire conversions and one tracing span per gid.
+
+use settle_proto::v1::{self as pb, coordinator_server::Coordinator};
+use tonic::{Request, Response, Status};
+use tracing::Span;
+
+use crate::engine::Engine;
+
+/// The Coordinator gRPC service.
+#[derive(Debug, Clone)]
+pub struct CoordinatorService {
+    engine: Engine,
+}
+
+impl CoordinatorService {
+    /// A service handing every call to `engine`.
+    pub fn new(engine: Engine) -> CoordinatorService {
+        CoordinatorService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    #[tracing::instrument(name = "begin", skip_all, fields(gid = tracing::field::Empty))]
+    async fn begin(
+        &self,
+        request: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
+        let req = request.into_inner();
+        match pb::Mode::try_from(req.mode) {
+            Ok(pb::Mode::Unspecified | pb::Mode::Tcc) => {}
+            Ok(pb::Mode::Saga) => {
+                return Err(Status::invalid_argument(
+                    "sagas are started with SubmitSaga, not Begin",
+                ));
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", req.mode))),
+        }
+        let begun = self
+            .engine
+            .begin(&req.gid, req.timeout_ms, &req.labels)
+            .await?;
+        Span::current().record("gid", begun.tx.gid.as_str());
+        Ok(Response::new(pb::BeginResponse {
+            gid: begun.tx.gid,
+            deadline_ms: begun.tx.deadline,
+            status: begun.tx.status.to_proto() as i32,
+            created: begun.created,
+        }))
+    }
+
+    #[tracing::instrument(name = "register_branch", skip_all, fields(gid = %request.get_ref().gid))]
+    async fn register_branch(
+        &self,
+        request: Request<pb::RegisterBranchRequest>,
+    ) -> Result<Response<pb::RegisterBranchResponse>, Status> {
+        let req = request.into_inner();
+        let registered = self
+            .engine
+            .register_branch(&req.gid, &req.participant, &req.action, &req.payload)
+            .await?;
+        Ok(Response::new(pb::RegisterBranchResponse {
+            branch_id: registered.branch_id,
+            endpoint: registered.endpoint,
+        }))
+    }
+
+    #[tracing::instrument(name = "commit", skip_all, fields(gid = %request.get_ref().gid))]
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let req = request.into_inner();
+        let status = self.engine.commit(&req.gid, req.wait_ms).await?;
+        Ok(Response::new(pb::CommitResponse {
+            status: status.to_proto() as i32,
+        }))
+    }
+
+    #[tracing::instrument(name = "abort", skip_all, fields(gid = %request.get_ref().gid))]
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        let req = request.into_inner();
+        let status = self.engine.abort(&req.gid, &req.reason, req.wait_ms).await?;
+        Ok(Response::new(pb::AbortResponse {
+            status: status.to_proto() as i32,
+        }))
+    }
+
+    #[tracing::instrument(name = "get", skip_all, fields(gid = %request.get_ref().gid))]
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        let (tx, branches) = self.engine.get(&request.get_ref().gid).await?;
+        Ok(Response::new(tx.to_proto(&branches)))
+    }
+
+    #[tracing::instrument(name = "submit_saga", skip_all, fields(gid = %request.get_ref().gid))]
+    async fn submit_saga(
+        &self,
+        request: Request<pb::SubmitSagaRequest>,
+    ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("saga mode is not available yet"))
+    }
+
+    #[tracing::instrument(name = "register_participant", skip_all, fields(participant = %request.get_ref().name))]
+    async fn register_participant(
+        &self,
+        request: Request<pb::RegisterParticipantRequest>,
+    ) -> Result<Response<pb::RegisterParticipantResponse>, Status> {
+        let req = request.into_inner();
+        self.engine
+            .register_participant(&req.name, &req.endpoint)
+            .await?;
+        Ok(Response::new(pb::RegisterParticipantResponse {}))
+    }
+}

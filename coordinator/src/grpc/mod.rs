@@ -1,0 +1,27 @@
+//! The gRPC edge: the `settle.v1.Coordinator` service, the mapping of engine errors to
+//! status codes (DESIGN.md §2), and the router that adds health and reflection.
+//!
+//! Nothing here makes decisions; every call is handed to the engine.
+
+mod coordinator;
+
+pub use coordinator::CoordinatorService;
+
+use tonic::Status;
+
+use crate::engine::Error;
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match error {
+            Error::Invalid(e) => Status::invalid_argument(e.0),
+            Error::NotFound(msg) => Status::not_found(msg),
+            Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            Error::Unimplemented(msg) => Status::unimplemented(msg),
+            Error::Store(e) => {
+                tracing::error!(error = %e, "store failed");
+                Status::unavailable(format!("coordinator store unavailable: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Settle's coordinator: it keeps the global transaction log, decides commit or abort, and
+//! drives Confirm or Cancel on every branch until each has succeeded, across crashes of any
+//! process including its own.
+//!
+//! The pieces, from the wire down:
+//! - [`grpc`]: the `settle.v1` services and the mapping of errors to status codes;
+//! - [`engine`]: the TCC rules — validation, decisions, rounds of phase two;
+//! - [`recovery`]: the loop that claims due work (deadlines, retries, expired leases);
+//! - [`directory`]: participant names, endpoints and their reusable channels;
+//! - [`store`]: the durable log in SQLite or PostgreSQL;
+//! - [`retry`], [`validate`], [`id`], [`model`]: policy, input rules, gids, vocabulary.
+//!
+//! [`Coordinator`] ties them together; the `settled` binary is a thin shell around it.
+
+pub mod directory;
+pub mod engine;
+pub mod grpc;
+pub mod id;
+pub mod model;
+pub mod recovery;
+pub mod retry;
+pub mod store;
+pub mod validate;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use settle_proto::v1::coordinator_server::CoordinatorServer;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::{
+    engine::{Engine, EngineConfig},
+    recovery::{RecoveryConfig, RecoveryLoop},
+    retry::RetryPolicy,
+    store::Store,
+};
+
+/// Input limits an operator may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest branch payload, in bytes.
+    pub max_payload: usize,
+    /// Most branches in one transaction.
+    pub max_branches: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: 64 * 1024,
+            max_branches: 64,
+        }
+    }
+}
+
+/// Everything a coordinator needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub database: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Participants known from start-up: (name, endpoint).
+    pub participants: Vec<(String, String)>,
+    /// Input limits.
+    pub limits: Limits,
+    /// Phase-two retry policy.
+    pub retry: RetryPolicy,
+    /// Timeout of one Confirm/Cancel call.
+    pub call_timeout: Duration,
+    /// Recovery loop settings.
+    pub recovery: RecoveryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: "sqlite://settle.db".to_owned(),
+            max_connections: 16,
+            participants: Vec::new(),
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            call_timeout: Duration::from_secs(5),
+            recovery: RecoveryConfig::default(),
+        }
+    }
+}
+
+/// Why a coordinator could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Start-up configuration was refused.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Binding or reading the listener failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A coordinator with its store open, ready to serve.
+#[derive(Debug)]
+pub struct Coordinator {
+    engine: Engine,
+    recovery: RecoveryConfig,
+}
+
+impl Coordinator {
+    /// Opens the store (applying migrations) and records the configured participants.
+    pub async fn open(config: Config) -> Result<Coordinator, Error> {
+        let store = Store::open(&config.database, config.max_connections).await?;
+        let engine = Engine::new(
+            store,
+            EngineConfig {
+                limits: config.limits,
+                retry: config.retry,
+                call_timeout: config.call_timeout,
+            },
+            instance_id(),
+        );
+        for (name, endpoint) in &config.participants {
+            engine
+                .register_participant(name, endpoint)
+                .await
+                .map_err(|e| Error::Config(format!("participant {name}={endpoint}: {e}")))?;
+        }
+        Ok(Coordinator {
+            engine,
+            recovery: config.recovery,
+        })
+    }
+
+    /// The engine, for in-process use.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves gRPC (Coordinator, health, reflection) on `listener` and runs the recovery
+    /// loop until `shutdown` completes; then stops claiming work and releases this
+    /// instance's leases so that the next start (or another instance) resumes at once.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<CoordinatorServer<grpc::CoordinatorService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(settle_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+        let (stop_recovery, stopped) = watch::channel(false);
+        let recovery = tokio::spawn(RecoveryLoop::new(self.engine.clone(), self.recovery).run(stopped));
+
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(CoordinatorServer::new(grpc::CoordinatorService::new(
+                self.engine.clone(),
+            )))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+
+        let _ = stop_recovery.send(true);
+        if let Err(error) = recovery.await {
+            warn!(%error, "recovery loop ended abnormally");
+        }
+        match self.engine.release_leases().await {
+            Ok(released) => info!(released, "leases released"),
+            Err(error) => warn!(%error, "releasing leases failed; they expire on their own"),
+        }
+        self.engine.store().close().await;
+        Ok(served?)
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in a background task. For tests,
+    /// examples and embedding.
+    pub async fn spawn(self, addr: SocketAddr) -> Result<Running, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        Ok(Running { addr, stop, task })
+    }
+}
+
+/// A coordinator serving in a background task.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down gracefully and waits until it has.
+    pub async fn stop(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// An id for this process in leases: host, pid and a random suffix, so that a restarted
+/// process never mistakes its predecessor's leases for its own.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "settled".to_owned());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
