@@ -453,24 +453,26 @@ impl Engine {
     pub async fn resume(&self, tx: GlobalTx) -> Result<()> {
         match tx.status {
             Status::Trying => {
-                match self
+                let decided = self
                     .inner
                     .store
-                    .decide_abort(&tx.gid, &self.inner.instance, self.lease_ms(), "deadline passed")
-                    .await?
-                {
-                    Ok(lease) => {
-                        info!(gid = %tx.gid, "deadline passed; abort decided");
-                        self.drive(Work {
-                            lease,
-                            status: Status::Aborting,
-                            attempts: 0,
-                            needs_attention: false,
-                        })
-                        .await?;
-                    }
-                    // Committed or aborted by someone else in the meantime: nothing to do.
-                    Err(_) => {}
+                    .decide_abort(
+                        &tx.gid,
+                        &self.inner.instance,
+                        self.lease_ms(),
+                        "deadline passed",
+                    )
+                    .await?;
+                // A refusal means it was committed or aborted by someone else meanwhile.
+                if let Ok(lease) = decided {
+                    info!(gid = %tx.gid, "deadline passed; abort decided");
+                    self.drive(Work {
+                        lease,
+                        status: Status::Aborting,
+                        attempts: 0,
+                        needs_attention: false,
+                    })
+                    .await?;
                 }
             }
             Status::Committing | Status::Aborting => {

@@ -13,7 +13,7 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub fn new_gid() -> String {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u128)
+        .map(|d| d.as_millis())
         .unwrap_or(0);
     let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
     let value = ((millis & ((1u128 << 48) - 1)) << 80) | random;

@@ -155,11 +155,13 @@ impl Coordinator {
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(settle_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
         let (stop_recovery, stopped) = watch::channel(false);
-        let recovery = tokio::spawn(RecoveryLoop::new(self.engine.clone(), self.recovery).run(stopped));
+        let recovery =
+            tokio::spawn(RecoveryLoop::new(self.engine.clone(), self.recovery).run(stopped));
 
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
@@ -227,5 +229,9 @@ impl Running {
 /// process never mistakes its predecessor's leases for its own.
 fn instance_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "settled".to_owned());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

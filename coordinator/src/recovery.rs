@@ -56,7 +56,11 @@ impl RecoveryLoop {
         let claimed = match self
             .engine
             .store()
-            .claim_due(self.engine.instance(), lease_ms, i64::from(self.config.batch))
+            .claim_due(
+                self.engine.instance(),
+                lease_ms,
+                i64::from(self.config.batch),
+            )
             .await
         {
             Ok(claimed) => claimed,

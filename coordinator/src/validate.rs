@@ -157,7 +157,11 @@ pub fn endpoint(endpoint: &str) -> Result<(), Invalid> {
     let rest = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
-        .ok_or_else(|| invalid(format!("endpoint {endpoint:?} must start with http:// or https://")))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "endpoint {endpoint:?} must start with http:// or https://"
+            ))
+        })?;
     if rest.is_empty() || rest.starts_with('/') || endpoint.len() > 512 {
         return Err(invalid(format!("endpoint {endpoint:?} has no host")));
     }

@@ -34,7 +34,12 @@ impl Coordinator for CoordinatorService {
                     "sagas are started with SubmitSaga, not Begin",
                 ));
             }
-            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", req.mode))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown mode {}",
+                    req.mode
+                )));
+            }
         }
         let begun = self
             .engine
@@ -83,7 +88,10 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let req = request.into_inner();
-        let status = self.engine.abort(&req.gid, &req.reason, req.wait_ms).await?;
+        let status = self
+            .engine
+            .abort(&req.gid, &req.reason, req.wait_ms)
+            .await?;
         Ok(Response::new(pb::AbortResponse {
             status: status.to_proto() as i32,
         }))

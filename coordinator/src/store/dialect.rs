@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn recognises_urls() {
-        assert_eq!(Dialect::from_url("sqlite://x.db").ok(), Some(Dialect::Sqlite));
+        assert_eq!(
+            Dialect::from_url("sqlite://x.db").ok(),
+            Some(Dialect::Sqlite)
+        );
         assert_eq!(
             Dialect::from_url("postgresql://h/db").ok(),
             Some(Dialect::Postgres)

@@ -218,9 +218,15 @@ impl Store {
         let dialect = Dialect::from_url(url)?;
         let pool = dialect.connect(url, max_connections).await?;
         match dialect {
-            Dialect::Sqlite => sqlx::migrate!("../migrations/coordinator/sqlite").run(&pool).await?,
+            Dialect::Sqlite => {
+                sqlx::migrate!("../migrations/coordinator/sqlite")
+                    .run(&pool)
+                    .await?
+            }
             Dialect::Postgres => {
-                sqlx::migrate!("../migrations/coordinator/postgres").run(&pool).await?
+                sqlx::migrate!("../migrations/coordinator/postgres")
+                    .run(&pool)
+                    .await?
             }
         }
         Ok(Store {
@@ -242,7 +248,9 @@ impl Store {
 
     /// The store's clock, in epoch milliseconds.
     pub async fn now(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(self.sql.now).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(self.sql.now)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Any>> {
@@ -317,7 +325,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(Err(match self.get(gid).await? {
                 None => RegisterRefusal::NotFound,
-                Some(found) if found.status == Status::Trying && found.branch_count >= max_branches => {
+                Some(found)
+                    if found.status == Status::Trying && found.branch_count >= max_branches =>
+                {
                     RegisterRefusal::TooManyBranches(found.branch_count)
                 }
                 Some(found) => RegisterRefusal::State(found),
