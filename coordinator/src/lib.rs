@@ -12,6 +12,8 @@
 //!
 //! [`Coordinator`] ties them together; the `settled` binary is a thin shell around it.
 
+#![warn(missing_docs)]
+
 pub mod directory;
 pub mod engine;
 pub mod grpc;

@@ -1,0 +1,238 @@
+//! The barrier (DESIGN.md §4): an idempotency table in the participant's own database that
+//! makes duplicate deliveries, a Cancel that arrives before its Try (empty rollback) and a
+//! Try that arrives after its Cancel (hanging) harmless.
+//!
+//! [`Barrier::enter`] opens a local write transaction and inserts the `(gid, branch, op)`
+//! row in it. When the call should run, it hands back a [`Guarded`] transaction for the
+//! business writes; committing it commits the barrier row with them, and dropping it
+//! rolls both back, so a refused or failed Try leaves no row. Concurrent Try and Cancel on
+//! one branch serialise on the row's primary key, so the outcome is always one of the two
+//! legal orders.
+//!
+//! The guarantee holds for effects inside that local transaction only. A Try with effects
+//! outside it (a message sent, another service called) must compensate those itself: when
+//! such a Try fails after the outside effect, the barrier row is rolled back too, and the
+//! later Cancel is treated as an empty rollback.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{Any, AnyConnection, Row};
+
+use crate::db::Database;
+
+/// Errors from the barrier's own statements.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The participant's database failed.
+    #[error("barrier database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Creating the barrier table failed.
+    #[error("barrier migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The operation a call performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// TCC phase one.
+    Try,
+    /// TCC commit.
+    Confirm,
+    /// TCC rollback.
+    Cancel,
+    /// Saga forward step.
+    Execute,
+    /// Saga compensation.
+    Compensate,
+}
+
+impl Op {
+    /// The stored name (also the `settle-op` metadata value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Try => "try",
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+            Op::Execute => "execute",
+            Op::Compensate => "compensate",
+        }
+    }
+
+    /// For a rollback op, the forward op it undoes.
+    fn undoes(self) -> Option<Op> {
+        match self {
+            Op::Cancel => Some(Op::Try),
+            Op::Compensate => Some(Op::Execute),
+            _ => None,
+        }
+    }
+
+    /// For a forward op, the rollback op that may have blocked it.
+    fn undone_by(self) -> Option<Op> {
+        match self {
+            Op::Try => Some(Op::Cancel),
+            Op::Execute => Some(Op::Compensate),
+            _ => None,
+        }
+    }
+}
+
+/// What the barrier decided for one call.
+#[derive(Debug)]
+pub enum Entry {
+    /// First delivery: run the business logic in this transaction, then commit it.
+    Proceed(Guarded),
+    /// This op already ran for this branch: answer OK without business effect.
+    Duplicate,
+    /// A Cancel (or Compensate) whose Try (or Execute) never ran here: answer OK without
+    /// business effect. The recorded row now blocks a late Try.
+    EmptyRollback,
+    /// A Try (or Execute) arriving after its Cancel (or Compensate): refuse it, no effect.
+    Hanging,
+}
+
+/// An open local transaction that holds the barrier row.
+#[derive(Debug)]
+pub struct Guarded {
+    tx: sqlx::Transaction<'static, Any>,
+}
+
+impl Guarded {
+    /// The connection to run business statements on.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Commits the business writes together with the barrier row.
+    pub async fn commit(self) -> Result<(), Error> {
+        Ok(self.tx.commit().await?)
+    }
+
+    /// Rolls everything back, barrier row included.
+    pub async fn rollback(self) -> Result<(), Error> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+const INSERT: &str = "INSERT INTO settle_barrier (gid, branch_id, op, created_at) \
+                      VALUES ($1, $2, $3, $4) ON CONFLICT (gid, branch_id, op) DO NOTHING";
+const EXISTS: &str = "SELECT COUNT(*) AS n FROM settle_barrier \
+                      WHERE gid = $1 AND branch_id = $2 AND op = $3";
+const DELETE_OLD: &str = "DELETE FROM settle_barrier WHERE (gid, branch_id, op) IN \
+                          (SELECT gid, branch_id, op FROM settle_barrier \
+                           WHERE created_at < $1 LIMIT $2)";
+
+/// The barrier table of one participant database.
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    db: Database,
+}
+
+impl Barrier {
+    /// A barrier in `db`. Call [`Barrier::migrate`] once at start-up.
+    pub fn new(db: Database) -> Barrier {
+        Barrier { db }
+    }
+
+    /// Creates the `settle_barrier` table if needed. It keeps its own migration history
+    /// (`_settle_barrier_migrations`), so it lives beside the participant's own migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut migrator = match self.db.dialect() {
+            crate::db::Dialect::Sqlite => sqlx::migrate!("migrations/participants/sqlite"),
+            crate::db::Dialect::Postgres => sqlx::migrate!("migrations/participants/postgres"),
+        };
+        migrator.dangerous_set_table_name("_settle_barrier_migrations");
+        migrator.run(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// The database the barrier lives in.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Opens a local write transaction and applies the barrier rules for `op` on
+    /// `(gid, branch_id)`.
+    pub async fn enter(&self, op: Op, gid: &str, branch_id: u32) -> Result<Entry, Error> {
+        let mut tx = self.db.begin_write().await?;
+        let branch_id = i64::from(branch_id);
+        if let Some(forward) = op.undoes() {
+            // Record the forward op first: if that insert succeeds, it never ran here.
+            if insert(&mut tx, gid, branch_id, forward).await? {
+                insert(&mut tx, gid, branch_id, op).await?;
+                tx.commit().await?;
+                return Ok(Entry::EmptyRollback);
+            }
+        }
+        if insert(&mut tx, gid, branch_id, op).await? {
+            return Ok(Entry::Proceed(Guarded { tx }));
+        }
+        let blocked = match op.undone_by() {
+            Some(rollback) => exists(&mut tx, gid, branch_id, rollback).await?,
+            None => false,
+        };
+        tx.rollback().await?;
+        Ok(if blocked {
+            Entry::Hanging
+        } else {
+            Entry::Duplicate
+        })
+    }
+
+    /// Deletes up to `batch` rows older than `age`; returns how many went. Call it
+    /// repeatedly until it returns less than `batch`. Keep `age` well above the longest
+    /// transaction timeout: a Try delivered after its Cancel's row is gone is no longer
+    /// recognised as hanging.
+    pub async fn delete_older_than(
+        &self,
+        age: std::time::Duration,
+        batch: u32,
+    ) -> Result<u64, Error> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        let done = sqlx::query(DELETE_OLD)
+            .bind(cutoff)
+            .bind(i64::from(batch))
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn insert(
+    conn: &mut AnyConnection,
+    gid: &str,
+    branch_id: i64,
+    op: Op,
+) -> Result<bool, Error> {
+    let done = sqlx::query(INSERT)
+        .bind(gid)
+        .bind(branch_id)
+        .bind(op.as_str())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn exists(
+    conn: &mut AnyConnection,
+    gid: &str,
+    branch_id: i64,
+    op: Op,
+) -> Result<bool, Error> {
+    let row = sqlx::query(EXISTS)
+        .bind(gid)
+        .bind(branch_id)
+        .bind(op.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
+}
+
+/// Barrier rows only need a clock for retention, so the participant's own is enough.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,331 @@
+//! The initiator side: [`Client`] talks to the coordinator and to participants' Try;
+//! [`Transaction`] is one global transaction in progress.
+//!
+//! `try_branch` registers a branch with the coordinator, then calls the participant's Try
+//! directly at the endpoint the coordinator returned. A business refusal comes back as
+//! [`Error::Refused`]; the usual answer to any error is `abort`, one call. A `Transaction`
+//! dropped before `commit` or `abort` is aborted in the background.
+//!
+//! Channels (to the coordinator and to each participant endpoint) are created once and
+//! shared by every clone of a `Client`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+use settle_proto::v1::{
+    self as pb, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
+};
+use tonic::{
+    Code,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+use tracing::warn;
+
+use crate::context;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The participant refused its Try (a business refusal: out of stock, no funds…).
+    #[error("{participant} refused: {reason}")]
+    Refused {
+        /// The refusing participant.
+        participant: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The coordinator answered with an error status.
+    #[error("coordinator: {0}")]
+    Coordinator(tonic::Status),
+    /// A participant's Try failed for a reason other than a refusal.
+    #[error("{participant}: {status}")]
+    Participant {
+        /// The participant.
+        participant: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// A URL could not be used.
+    #[error("invalid URL {0:?}")]
+    InvalidUrl(String),
+    /// Connecting failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// A typed payload could not be serialised.
+    #[error("payload: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// True for a business refusal.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused { .. })
+    }
+
+    /// The gRPC code behind the error, if there is one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Coordinator(status) | Error::Participant { status, .. } => Some(status.code()),
+            Error::Refused { .. } => Some(Code::Aborted),
+            _ => None,
+        }
+    }
+}
+
+/// Status of a global transaction, as the coordinator reports it.
+pub use pb::Status;
+
+/// Options for [`Client::begin_with`].
+#[derive(Debug, Clone, Default)]
+pub struct BeginOptions {
+    /// A client-chosen gid (makes Begin idempotent); empty: generated.
+    pub gid: String,
+    /// Time until the coordinator aborts the transaction if it is not committed.
+    pub timeout: Duration,
+    /// Free-form labels, visible to operators.
+    pub labels: HashMap<String, String>,
+}
+
+/// A connection to a coordinator. Cheap to clone; clones share channels.
+#[derive(Debug, Clone)]
+pub struct Client {
+    coordinator: CoordinatorClient<Channel>,
+    participants: Arc<Mutex<HashMap<String, ParticipantClient<Channel>>>>,
+    try_timeout: Duration,
+    commit_wait: Duration,
+}
+
+impl Client {
+    /// Connects to the coordinator at `url` (`http://HOST:PORT`).
+    pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
+        let url = url.into();
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|_| Error::InvalidUrl(url))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Client {
+            coordinator: CoordinatorClient::new(channel),
+            participants: Arc::new(Mutex::new(HashMap::new())),
+            try_timeout: Duration::from_secs(10),
+            commit_wait: Duration::from_secs(10),
+        })
+    }
+
+    /// Timeout of each Try call (default 10 s).
+    pub fn with_try_timeout(mut self, timeout: Duration) -> Client {
+        self.try_timeout = timeout;
+        self
+    }
+
+    /// How long `commit` and `abort` wait for phase two to finish before answering with
+    /// the status reached (default 10 s; phase two continues in the background anyway).
+    pub fn with_commit_wait(mut self, wait: Duration) -> Client {
+        self.commit_wait = wait;
+        self
+    }
+
+    /// The raw coordinator client, for calls the SDK does not wrap.
+    pub fn coordinator(&self) -> CoordinatorClient<Channel> {
+        self.coordinator.clone()
+    }
+
+    /// Begins a transaction that aborts unless committed within `timeout`.
+    pub async fn begin(&self, timeout: Duration) -> Result<Transaction, Error> {
+        self.begin_with(BeginOptions {
+            timeout,
+            ..BeginOptions::default()
+        })
+        .await
+    }
+
+    /// Begins a transaction with a chosen gid or labels.
+    pub async fn begin_with(&self, options: BeginOptions) -> Result<Transaction, Error> {
+        let begun = self
+            .coordinator
+            .clone()
+            .begin(pb::BeginRequest {
+                gid: options.gid,
+                mode: pb::Mode::Tcc as i32,
+                timeout_ms: options.timeout.as_millis() as u64,
+                labels: options.labels,
+            })
+            .await
+            .map_err(Error::Coordinator)?
+            .into_inner();
+        Ok(Transaction {
+            client: self.clone(),
+            gid: begun.gid,
+            finished: false,
+        })
+    }
+
+    /// Reads a transaction.
+    pub async fn get(&self, gid: &str) -> Result<pb::Transaction, Error> {
+        Ok(self
+            .coordinator
+            .clone()
+            .get(pb::GetRequest {
+                gid: gid.to_owned(),
+            })
+            .await
+            .map_err(Error::Coordinator)?
+            .into_inner())
+    }
+
+    fn participant(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, Error> {
+        let mut participants = self.participants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = participants.get(endpoint) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| Error::InvalidUrl(endpoint.to_owned()))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = ParticipantClient::new(channel);
+        participants.insert(endpoint.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// One global transaction, from Begin to Commit or Abort.
+#[derive(Debug)]
+pub struct Transaction {
+    client: Client,
+    gid: String,
+    finished: bool,
+}
+
+impl Transaction {
+    /// The global transaction id.
+    pub fn gid(&self) -> &str {
+        &self.gid
+    }
+
+    /// Registers a branch on `participant` with a JSON payload and calls its Try. Returns the
+    /// branch id.
+    pub async fn try_branch<T: Serialize + ?Sized>(
+        &self,
+        participant: &str,
+        action: &str,
+        payload: &T,
+    ) -> Result<u32, Error> {
+        let payload = serde_json::to_vec(payload)?;
+        self.try_branch_raw(participant, action, payload.into())
+            .await
+    }
+
+    /// Like [`Transaction::try_branch`], with the payload as raw bytes.
+    pub async fn try_branch_raw(
+        &self,
+        participant: &str,
+        action: &str,
+        payload: Bytes,
+    ) -> Result<u32, Error> {
+        let registered = self
+            .client
+            .coordinator
+            .clone()
+            .register_branch(pb::RegisterBranchRequest {
+                gid: self.gid.clone(),
+                participant: participant.to_owned(),
+                action: action.to_owned(),
+                payload: payload.clone(),
+            })
+            .await
+            .map_err(Error::Coordinator)?
+            .into_inner();
+        let mut request = tonic::Request::new(pb::BranchRequest {
+            gid: self.gid.clone(),
+            branch_id: registered.branch_id,
+            action: action.to_owned(),
+            payload,
+        });
+        request.set_timeout(self.client.try_timeout);
+        let metadata = request.metadata_mut();
+        if let Ok(gid) = MetadataValue::try_from(self.gid.as_str()) {
+            metadata.insert(context::GID, gid);
+        }
+        metadata.insert(
+            context::BRANCH_ID,
+            MetadataValue::from(registered.branch_id),
+        );
+        metadata.insert(context::OP, MetadataValue::from_static("try"));
+        let mut participant_client = self.client.participant(&registered.endpoint)?;
+        match participant_client.r#try(request).await {
+            Ok(_) => Ok(registered.branch_id),
+            Err(status) if status.code() == Code::Aborted => Err(Error::Refused {
+                participant: participant.to_owned(),
+                reason: status.message().to_owned(),
+            }),
+            Err(status) => Err(Error::Participant {
+                participant: participant.to_owned(),
+                status,
+            }),
+        }
+    }
+
+    /// Commits: returns COMMITTED once every branch confirmed, or COMMITTING if phase two
+    /// is still retrying when the wait ends (it finishes in the background).
+    pub async fn commit(mut self) -> Result<Status, Error> {
+        self.finished = true;
+        let response = self
+            .client
+            .coordinator
+            .clone()
+            .commit(pb::CommitRequest {
+                gid: self.gid.clone(),
+                wait_ms: self.client.commit_wait.as_millis() as u64,
+            })
+            .await
+            .map_err(Error::Coordinator)?;
+        Ok(response.into_inner().status())
+    }
+
+    /// Aborts: returns ABORTED once every branch cancelled, or ABORTING while Cancel is
+    /// still retrying.
+    pub async fn abort(mut self, reason: &str) -> Result<Status, Error> {
+        self.finished = true;
+        abort(&self.client, &self.gid, reason, self.client.commit_wait).await
+    }
+}
+
+async fn abort(client: &Client, gid: &str, reason: &str, wait: Duration) -> Result<Status, Error> {
+    let response = client
+        .coordinator
+        .clone()
+        .abort(pb::AbortRequest {
+            gid: gid.to_owned(),
+            reason: reason.to_owned(),
+            wait_ms: wait.as_millis() as u64,
+        })
+        .await
+        .map_err(Error::Coordinator)?;
+    Ok(response.into_inner().status())
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Without a runtime there is nobody to send it; the deadline aborts it instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let gid = std::mem::take(&mut self.gid);
+        runtime.spawn(async move {
+            if let Err(error) = abort(&client, &gid, "dropped before commit", Duration::ZERO).await
+            {
+                warn!(%gid, %error, "background abort of a dropped transaction failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,64 @@
+//! Context propagation: the metadata keys every coordinator → participant call carries, and
+//! a tower layer that puts them into the tracing span of the request on the participant
+//! server, so every log line of a call names its gid, branch and op.
+
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+use tracing::{Instrument, instrument::Instrumented};
+
+/// Metadata key holding the global transaction id.
+pub const GID: &str = "settle-gid";
+/// Metadata key holding the branch id.
+pub const BRANCH_ID: &str = "settle-branch-id";
+/// Metadata key holding the operation (`try`, `confirm`, `cancel`, `execute`, `compensate`).
+pub const OP: &str = "settle-op";
+
+/// Adds a `settle` span with gid, branch id and op to every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContextLayer;
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = ContextService<S>;
+
+    fn layer(&self, inner: S) -> ContextService<S> {
+        ContextService { inner }
+    }
+}
+
+/// The service [`ContextLayer`] wraps around the participant server.
+#[derive(Debug, Clone)]
+pub struct ContextService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ContextService<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let header = |key: &str| {
+            request
+                .headers()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let span = tracing::info_span!(
+            "settle",
+            gid = %header(GID),
+            branch_id = %header(BRANCH_ID),
+            op = %header(OP),
+        );
+        self.inner.call(request).instrument(span)
+    }
+}

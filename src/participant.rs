@@ -1,0 +1,110 @@
+//! The participant side: the [`Participant`] trait a service implements, the [`Branch`]
+//! each call receives, and the [`Error`] a call may end with.
+//!
+//! Every method runs inside a local database transaction that already holds the barrier
+//! row (see [`crate::barrier`]): write business data through the connection you are given
+//! and return `Ok(())` to commit both, or an error to roll both back. Serving the trait
+//! over gRPC is [`crate::server`]'s job.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sqlx::AnyConnection;
+
+/// One call for one branch of a global transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// Global transaction id.
+    pub gid: String,
+    /// Branch id within the transaction.
+    pub branch_id: u32,
+    /// The action the initiator named at registration.
+    pub action: String,
+    /// The payload the initiator sent.
+    pub payload: Bytes,
+}
+
+impl Branch {
+    /// Decodes a JSON payload (what [`crate::Transaction::try_branch`] sends).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::BadPayload(format!("payload is not the expected JSON: {e}")))
+    }
+}
+
+/// How a participant call ended, when it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A business refusal (out of stock, insufficient funds): answered `ABORTED`. For Try it
+    /// aborts the global transaction; for a saga Execute it starts compensation.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The payload could not be understood: answered `INVALID_ARGUMENT`.
+    #[error("bad payload: {0}")]
+    BadPayload(String),
+    /// Anything else: answered `UNAVAILABLE`, and the coordinator retries.
+    #[error("{0}")]
+    Failed(String),
+    /// The database failed: transient, retried.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// This participant does not implement the operation.
+    #[error("{0} is not supported by this participant")]
+    Unsupported(&'static str),
+}
+
+impl Error {
+    /// A business refusal with a reason.
+    pub fn refuse(reason: impl Into<String>) -> Error {
+        Error::Refused(reason.into())
+    }
+}
+
+/// A service that takes part in Settle transactions.
+///
+/// Each method receives the branch and an open connection inside a local transaction that
+/// holds the barrier row; duplicates, empty rollbacks and hanging Trys never reach these
+/// methods. Return [`Error::Refused`] from `try` (or `execute`) to refuse.
+pub trait Participant: Send + Sync + 'static {
+    /// Reserves the branch's resources.
+    fn r#try(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Makes a successful Try final. Must not refuse: phase two is retried until it succeeds.
+    fn confirm(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Releases what a successful Try reserved. Only called when that Try ran here.
+    fn cancel(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Saga forward step. Not supported unless implemented.
+    fn execute(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (branch, conn);
+        async { Err(Error::Unsupported("execute")) }
+    }
+
+    /// Saga compensation of a step that executed here. Not supported unless implemented.
+    fn compensate(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (branch, conn);
+        async { Err(Error::Unsupported("compensate")) }
+    }
+}

@@ -1,0 +1,364 @@
+//! Serving a [`Participant`] as the `settle.v1.Participant` gRPC service.
+//!
+//! [`serve`] wraps each call in the barrier (duplicates, empty rollbacks and hanging Trys
+//! are answered here), maps participant errors to the status codes of DESIGN.md §2, adds
+//! the context-propagation layer, and registers the service's name and endpoint with the
+//! coordinator at start-up and again periodically, so a coordinator that lost its
+//! participant table (a fresh database, a new instance) learns it again.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use settle_proto::v1::{
+    self as pb, coordinator_client::CoordinatorClient, participant_server::ParticipantServer,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use crate::{
+    barrier::{self, Barrier, Entry, Op},
+    context::ContextLayer,
+    participant::{self, Branch, Participant},
+};
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding the address failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The coordinator could not be reached or refused the registration.
+    #[error("registering with the coordinator failed: {0}")]
+    Register(String),
+    /// The gRPC server failed.
+    #[error("participant server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds a participant server; see [`serve`].
+#[derive(Debug)]
+pub struct Serve<P> {
+    name: String,
+    participant: P,
+    barrier: Barrier,
+    coordinator: Option<String>,
+    advertise: Option<String>,
+    reregister_every: Duration,
+}
+
+/// Serves `participant` under `name`, with `barrier` in its own database.
+///
+/// ```no_run
+/// # async fn run(participant: impl settle::Participant, barrier: settle::Barrier) -> Result<(), Box<dyn std::error::Error>> {
+/// let serving = settle::serve("inventory", participant, barrier)
+///     .coordinator("http://127.0.0.1:50051")
+///     .bind("127.0.0.1:7001".parse()?)
+///     .await?;
+/// println!("serving at {}", serving.url());
+/// # Ok(()) }
+/// ```
+pub fn serve<P: Participant>(
+    name: impl Into<String>,
+    participant: P,
+    barrier: Barrier,
+) -> Serve<P> {
+    Serve {
+        name: name.into(),
+        participant,
+        barrier,
+        coordinator: None,
+        advertise: None,
+        reregister_every: Duration::from_secs(30),
+    }
+}
+
+impl<P: Participant> Serve<P> {
+    /// Registers with the coordinator at `url` (otherwise the coordinator must be told the
+    /// endpoint by configuration).
+    pub fn coordinator(mut self, url: impl Into<String>) -> Self {
+        self.coordinator = Some(url.into());
+        self
+    }
+
+    /// The endpoint to register, when it differs from `http://LISTEN_ADDR` (behind a proxy,
+    /// or listening on 0.0.0.0).
+    pub fn advertise(mut self, url: impl Into<String>) -> Self {
+        self.advertise = Some(url.into());
+        self
+    }
+
+    /// How often the registration is repeated (default 30 s).
+    pub fn reregister_every(mut self, every: Duration) -> Self {
+        self.reregister_every = every;
+        self
+    }
+
+    /// Binds `addr` (port 0 picks one), registers with the coordinator, and serves in a
+    /// background task.
+    pub async fn bind(self, addr: SocketAddr) -> Result<Serving, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let (stop, mut stopped) = watch::channel(false);
+        let (addr, url, run) = self
+            .start(listener, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await?;
+        Ok(Serving {
+            addr,
+            url,
+            stop,
+            task: tokio::spawn(run),
+        })
+    }
+
+    /// Registers with the coordinator and serves on `listener` until `shutdown` completes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (_, _, run) = self.start(listener, shutdown).await?;
+        run.await
+    }
+
+    async fn start(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<
+        (
+            SocketAddr,
+            String,
+            impl Future<Output = Result<(), Error>> + Send,
+        ),
+        Error,
+    > {
+        let addr = listener.local_addr()?;
+        let url = self
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let registration = match &self.coordinator {
+            Some(coordinator) => {
+                let registrar = Registrar {
+                    coordinator: coordinator.clone(),
+                    name: self.name.clone(),
+                    endpoint: url.clone(),
+                };
+                registrar.register_with_retries().await?;
+                Some(tokio::spawn(
+                    registrar.keep_registered(self.reregister_every),
+                ))
+            }
+            None => None,
+        };
+        let service = ParticipantService {
+            participant: Arc::new(self.participant),
+            barrier: self.barrier,
+        };
+        let run = async move {
+            let served = tonic::transport::Server::builder()
+                .layer(ContextLayer)
+                .add_service(ParticipantServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await;
+            if let Some(registration) = registration {
+                registration.abort();
+            }
+            Ok(served?)
+        };
+        Ok((addr, url, run))
+    }
+}
+
+/// A participant server running in a background task.
+#[derive(Debug)]
+pub struct Serving {
+    addr: SocketAddr,
+    url: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Serving {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint registered with the coordinator.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops serving gracefully and waits until it has.
+    pub async fn stop(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    }
+}
+
+struct Registrar {
+    coordinator: String,
+    name: String,
+    endpoint: String,
+}
+
+impl Registrar {
+    async fn register(&self) -> Result<(), Error> {
+        let mut client = CoordinatorClient::connect(self.coordinator.clone())
+            .await
+            .map_err(|e| Error::Register(format!("cannot reach {}: {e}", self.coordinator)))?;
+        client
+            .register_participant(pb::RegisterParticipantRequest {
+                name: self.name.clone(),
+                endpoint: self.endpoint.clone(),
+            })
+            .await
+            .map_err(|s| Error::Register(format!("{:?}: {}", s.code(), s.message())))?;
+        Ok(())
+    }
+
+    /// At start-up the coordinator may still be starting: retry for about half a minute.
+    async fn register_with_retries(&self) -> Result<(), Error> {
+        (|| self.register())
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(10)
+                    .with_jitter(),
+            )
+            .notify(|error, after| warn!(%error, ?after, "registration failed; retrying"))
+            .await
+    }
+
+    async fn keep_registered(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.register().await {
+                Ok(()) => debug!(name = %self.name, "registration renewed"),
+                Err(error) => warn!(%error, "renewing registration failed"),
+            }
+        }
+    }
+}
+
+struct ParticipantService<P> {
+    participant: Arc<P>,
+    barrier: Barrier,
+}
+
+impl<P: Participant> ParticipantService<P> {
+    async fn handle(
+        &self,
+        op: Op,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        let req = request.into_inner();
+        let branch = Branch {
+            gid: req.gid,
+            branch_id: req.branch_id,
+            action: req.action,
+            payload: req.payload,
+        };
+        let mut guarded = match self
+            .barrier
+            .enter(op, &branch.gid, branch.branch_id)
+            .await
+            .map_err(barrier_status)?
+        {
+            Entry::Proceed(guarded) => guarded,
+            Entry::Duplicate | Entry::EmptyRollback => {
+                return Ok(Response::new(pb::BranchResponse {}));
+            }
+            Entry::Hanging => {
+                return Err(Status::aborted(format!(
+                    "{} arrived after the branch was rolled back",
+                    op.as_str()
+                )));
+            }
+        };
+        let conn = guarded.conn();
+        let outcome = match op {
+            Op::Try => self.participant.r#try(&branch, conn).await,
+            Op::Confirm => self.participant.confirm(&branch, conn).await,
+            Op::Cancel => self.participant.cancel(&branch, conn).await,
+            Op::Execute => self.participant.execute(&branch, conn).await,
+            Op::Compensate => self.participant.compensate(&branch, conn).await,
+        };
+        match outcome {
+            Ok(()) => {
+                guarded.commit().await.map_err(barrier_status)?;
+                Ok(Response::new(pb::BranchResponse {}))
+            }
+            Err(error) => {
+                // Dropping would roll back too; doing it explicitly returns the connection
+                // to the pool in a known state.
+                let _ = guarded.rollback().await;
+                Err(participant_status(error))
+            }
+        }
+    }
+}
+
+fn barrier_status(error: barrier::Error) -> Status {
+    warn!(%error, "barrier failed");
+    Status::unavailable(error.to_string())
+}
+
+fn participant_status(error: participant::Error) -> Status {
+    match error {
+        participant::Error::Refused(reason) => Status::aborted(reason),
+        participant::Error::BadPayload(reason) => Status::invalid_argument(reason),
+        participant::Error::Unsupported(op) => {
+            Status::unimplemented(format!("{op} is not supported"))
+        }
+        error @ (participant::Error::Failed(_) | participant::Error::Database(_)) => {
+            warn!(%error, "participant call failed");
+            Status::unavailable(error.to_string())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<P: Participant> pb::participant_server::Participant for ParticipantService<P> {
+    async fn r#try(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle(Op::Try, request).await
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle(Op::Confirm, request).await
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle(Op::Cancel, request).await
+    }
+
+    async fn execute(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle(Op::Execute, request).await
+    }
+
+    async fn compensate(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle(Op::Compensate, request).await
+    }
+}

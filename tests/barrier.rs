@@ -1,0 +1,253 @@
+//! The barrier, through a real participant server (the `stock` example) on SQLite and
+//! PostgreSQL: duplicates, empty rollback, hanging Try, refused and failed Trys, the
+//! Try/Cancel race, and retention.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/stock.rs"]
+mod stock;
+
+use std::time::Duration;
+
+use common::{Backend, TestDb};
+use settle::{Barrier, proto::v1 as pb};
+use settle_proto::v1::participant_client::ParticipantClient;
+use sqlx::Row;
+use tonic::{Code, transport::Channel};
+
+const INITIAL: i64 = 1_000;
+
+struct Fixture {
+    _db: TestDb,
+    barrier: Barrier,
+    client: ParticipantClient<Channel>,
+    serving: settle::server::Serving,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDb::new(backend).await;
+    let barrier = stock::open(&db.url, &[("apple", INITIAL)])
+        .await
+        .expect("open stock");
+    let serving = settle::serve("stock", stock::Stock, barrier.clone())
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
+    let client = ParticipantClient::connect(serving.url().to_owned())
+        .await
+        .expect("connect");
+    Fixture {
+        _db: db,
+        barrier,
+        client,
+        serving,
+    }
+}
+
+fn request(gid: &str, branch_id: u32, qty: i64) -> pb::BranchRequest {
+    pb::BranchRequest {
+        gid: gid.to_owned(),
+        branch_id,
+        action: "reserve".to_owned(),
+        payload: serde_json::to_vec(&stock::Reserve {
+            item: "apple".to_owned(),
+            qty,
+        })
+        .expect("json")
+        .into(),
+    }
+}
+
+impl Fixture {
+    /// (available, reserved, sold)
+    async fn stock(&self) -> (i64, i64, i64) {
+        let row = sqlx::query("SELECT available, reserved, sold FROM stock WHERE item = 'apple'")
+            .fetch_one(self.barrier.database().pool())
+            .await
+            .expect("stock row");
+        (
+            row.try_get("available").expect("available"),
+            row.try_get("reserved").expect("reserved"),
+            row.try_get("sold").expect("sold"),
+        )
+    }
+
+    async fn barrier_rows(&self, gid: &str) -> Vec<String> {
+        let rows = sqlx::query("SELECT op FROM settle_barrier WHERE gid = $1 ORDER BY op")
+            .bind(gid)
+            .fetch_all(self.barrier.database().pool())
+            .await
+            .expect("barrier rows");
+        rows.iter().map(|r| r.try_get("op").expect("op")).collect()
+    }
+
+    async fn call(&self, op: &str, req: pb::BranchRequest) -> Result<(), Code> {
+        let mut client = self.client.clone();
+        let result = match op {
+            "try" => client.r#try(req).await,
+            "confirm" => client.confirm(req).await,
+            "cancel" => client.cancel(req).await,
+            other => panic!("unknown op {other}"),
+        };
+        result.map(drop).map_err(|s| s.code())
+    }
+}
+
+async fn duplicates_have_no_effect(backend: Backend) {
+    let f = fixture(backend).await;
+    for _ in 0..3 {
+        assert_eq!(f.call("try", request("dup-1", 1, 5)).await, Ok(()));
+    }
+    assert_eq!(f.stock().await, (INITIAL - 5, 5, 0), "reserved once");
+    for _ in 0..3 {
+        assert_eq!(f.call("confirm", request("dup-1", 1, 5)).await, Ok(()));
+    }
+    assert_eq!(f.stock().await, (INITIAL - 5, 0, 5), "sold once");
+
+    for _ in 0..2 {
+        assert_eq!(f.call("try", request("dup-2", 1, 7)).await, Ok(()));
+    }
+    for _ in 0..3 {
+        assert_eq!(f.call("cancel", request("dup-2", 1, 7)).await, Ok(()));
+    }
+    assert_eq!(f.stock().await, (INITIAL - 5, 0, 5), "released once");
+    f.serving.stop().await.expect("stop");
+}
+both!(duplicates_have_no_effect);
+
+async fn cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try(backend: Backend) {
+    let f = fixture(backend).await;
+    assert_eq!(f.call("cancel", request("early", 1, 3)).await, Ok(()));
+    assert_eq!(
+        f.stock().await,
+        (INITIAL, 0, 0),
+        "nothing to release, nothing released"
+    );
+    assert_eq!(
+        f.call("try", request("early", 1, 3)).await,
+        Err(Code::Aborted),
+        "hanging Try refused"
+    );
+    assert_eq!(
+        f.stock().await,
+        (INITIAL, 0, 0),
+        "the late Try reserved nothing"
+    );
+    assert_eq!(f.barrier_rows("early").await, ["cancel", "try"]);
+    // A repeated Cancel is still harmless.
+    assert_eq!(f.call("cancel", request("early", 1, 3)).await, Ok(()));
+    assert_eq!(f.stock().await, (INITIAL, 0, 0));
+    f.serving.stop().await.expect("stop");
+}
+both!(cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try);
+
+async fn refused_or_failed_try_leaves_no_row(backend: Backend) {
+    let f = fixture(backend).await;
+    assert_eq!(
+        f.call("try", request("refused", 1, INITIAL + 1)).await,
+        Err(Code::Aborted)
+    );
+    assert!(f.barrier_rows("refused").await.is_empty());
+
+    let mut garbage = request("failed", 1, 1);
+    garbage.payload = b"not json".to_vec().into();
+    assert_eq!(f.call("try", garbage).await, Err(Code::InvalidArgument));
+    assert!(f.barrier_rows("failed").await.is_empty());
+
+    // The Cancel that follows a refused Try is an empty rollback: nothing is released.
+    assert_eq!(
+        f.call("cancel", request("refused", 1, INITIAL + 1)).await,
+        Ok(())
+    );
+    assert_eq!(f.stock().await, (INITIAL, 0, 0));
+    // A Try retried after a failure (with a good payload) still runs.
+    assert_eq!(f.call("try", request("failed", 1, 1)).await, Ok(()));
+    assert_eq!(f.stock().await, (INITIAL - 1, 1, 0));
+    f.serving.stop().await.expect("stop");
+}
+both!(refused_or_failed_try_leaves_no_row);
+
+async fn racing_try_and_cancel_end_in_a_legal_order(backend: Backend) {
+    let f = fixture(backend).await;
+    let mut tries_ok = 0;
+    let rounds = 60;
+    for round in 0..rounds {
+        let gid = format!("race-{round}");
+        let (tried, cancelled) = tokio::join!(
+            f.call("try", request(&gid, 1, 2)),
+            f.call("cancel", request(&gid, 1, 2)),
+        );
+        assert_eq!(cancelled, Ok(()), "{gid}: Cancel always succeeds");
+        match tried {
+            Ok(()) => tries_ok += 1,
+            Err(code) => assert_eq!(
+                code,
+                Code::Aborted,
+                "{gid}: a Try after its Cancel is refused"
+            ),
+        }
+        // Either order leaves the stock where it started: Try then Cancel releases what Try
+        // reserved; Cancel then Try has no effect at all.
+        assert_eq!(
+            f.stock().await,
+            (INITIAL, 0, 0),
+            "{gid}: both effects or neither"
+        );
+        assert_eq!(f.barrier_rows(&gid).await, ["cancel", "try"]);
+    }
+    // Many concurrent rounds at once, too.
+    let calls = (0..40).map(|i| {
+        let f = &f;
+        async move {
+            let gid = format!("burst-{i}");
+            tokio::join!(
+                f.call("cancel", request(&gid, 1, 1)),
+                f.call("try", request(&gid, 1, 1))
+            )
+        }
+    });
+    for (cancelled, tried) in futures::future::join_all(calls).await {
+        assert_eq!(cancelled, Ok(()));
+        assert!(matches!(tried, Ok(()) | Err(Code::Aborted)), "{tried:?}");
+    }
+    assert_eq!(f.stock().await, (INITIAL, 0, 0));
+    println!("{tries_ok} of {rounds} Trys won their race");
+    f.serving.stop().await.expect("stop");
+}
+both!(racing_try_and_cancel_end_in_a_legal_order);
+
+async fn old_rows_are_removed_in_batches(backend: Backend) {
+    let f = fixture(backend).await;
+    for i in 0..25 {
+        assert_eq!(
+            f.call("try", request(&format!("old-{i}"), 1, 1)).await,
+            Ok(())
+        );
+    }
+    assert_eq!(
+        f.barrier
+            .delete_older_than(Duration::from_secs(3600), 10)
+            .await
+            .expect("delete"),
+        0,
+        "young rows stay"
+    );
+    // Let the clock move past the rows' creation millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut batches = Vec::new();
+    loop {
+        let deleted = f
+            .barrier
+            .delete_older_than(Duration::ZERO, 10)
+            .await
+            .expect("delete");
+        batches.push(deleted);
+        if deleted < 10 {
+            break;
+        }
+    }
+    assert_eq!(batches, [10, 10, 5]);
+    f.serving.stop().await.expect("stop");
+}
+both!(old_rows_are_removed_in_batches);

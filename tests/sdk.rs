@@ -1,0 +1,206 @@
+//! The SDK end to end: three `stock` example participants served with `settle::serve`, an
+//! in-process coordinator, and an initiator using `settle::Client`.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/stock.rs"]
+mod stock;
+
+use std::time::Duration;
+
+use common::{Backend, TestDb, start_coordinator, test_config};
+use settle::{Barrier, Client, client::Status, proto::v1 as pb};
+use sqlx::Row;
+
+struct Shop {
+    _dbs: Vec<TestDb>,
+    barriers: Vec<Barrier>,
+    servers: Vec<settle::server::Serving>,
+}
+
+/// Participants `s0`, `s1`, `s2`, each with 10 apples in its own database.
+async fn shop(backend: Backend, coordinator: &str) -> Shop {
+    let mut shop = Shop {
+        _dbs: Vec::new(),
+        barriers: Vec::new(),
+        servers: Vec::new(),
+    };
+    for i in 0..3 {
+        let db = TestDb::new(backend).await;
+        let barrier = stock::open(&db.url, &[("apple", 10)]).await.expect("open");
+        let serving = settle::serve(format!("s{i}"), stock::Stock, barrier.clone())
+            .coordinator(coordinator)
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("serve");
+        shop._dbs.push(db);
+        shop.barriers.push(barrier);
+        shop.servers.push(serving);
+    }
+    shop
+}
+
+impl Shop {
+    /// (available, reserved, sold) per participant.
+    async fn stock(&self) -> Vec<(i64, i64, i64)> {
+        let mut out = Vec::new();
+        for barrier in &self.barriers {
+            let row =
+                sqlx::query("SELECT available, reserved, sold FROM stock WHERE item = 'apple'")
+                    .fetch_one(barrier.database().pool())
+                    .await
+                    .expect("stock");
+            out.push((
+                row.try_get("available").expect("a"),
+                row.try_get("reserved").expect("r"),
+                row.try_get("sold").expect("s"),
+            ));
+        }
+        out
+    }
+
+    async fn stop(self) {
+        for server in self.servers {
+            server.stop().await.expect("stop participant");
+        }
+    }
+}
+
+fn apples(qty: i64) -> stock::Reserve {
+    stock::Reserve {
+        item: "apple".to_owned(),
+        qty,
+    }
+}
+
+async fn three_participants_commit_or_abort_on_refusal(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let shop = shop(backend, &coordinator.url()).await;
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+
+    let tx = client.begin(Duration::from_secs(30)).await.expect("begin");
+    for i in 0..3 {
+        tx.try_branch(&format!("s{i}"), "reserve", &apples(2))
+            .await
+            .expect("try");
+    }
+    let gid = tx.gid().to_owned();
+    assert_eq!(tx.commit().await.expect("commit"), Status::Committed);
+    assert_eq!(shop.stock().await, vec![(8, 0, 2); 3]);
+    let read = client.get(&gid).await.expect("get");
+    assert_eq!(read.status(), pb::Status::Committed);
+
+    // s1 has only 8 left: asking for 9 is refused, and the caller aborts in one call.
+    let tx = client.begin(Duration::from_secs(30)).await.expect("begin");
+    tx.try_branch("s0", "reserve", &apples(1))
+        .await
+        .expect("s0 tries");
+    let refused = tx
+        .try_branch("s1", "reserve", &apples(9))
+        .await
+        .expect_err("s1 refuses");
+    assert!(refused.is_refusal(), "{refused}");
+    assert!(
+        matches!(&refused, settle::client::Error::Refused { participant, .. } if participant == "s1")
+    );
+    assert_eq!(
+        tx.abort(&refused.to_string()).await.expect("abort"),
+        Status::Aborted
+    );
+    assert_eq!(
+        shop.stock().await,
+        vec![(8, 0, 2); 3],
+        "s0's reservation was released"
+    );
+
+    shop.stop().await;
+    coordinator.stop().await.expect("stop");
+}
+both!(three_participants_commit_or_abort_on_refusal);
+
+async fn a_dropped_transaction_is_aborted(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let shop = shop(backend, &coordinator.url()).await;
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+
+    let gid = {
+        let tx = client
+            .begin(Duration::from_secs(3600))
+            .await
+            .expect("begin");
+        tx.try_branch("s2", "reserve", &apples(4))
+            .await
+            .expect("try");
+        assert_eq!(shop.stock().await[2], (6, 4, 0));
+        tx.gid().to_owned()
+    };
+    let mut coordinator_client = common::client(&coordinator.url()).await;
+    let aborted = common::wait_for_status(&mut coordinator_client, &gid, pb::Status::Aborted).await;
+    assert_eq!(aborted.reason, "dropped before commit");
+    assert_eq!(
+        shop.stock().await[2],
+        (10, 0, 0),
+        "released long before the one-hour deadline"
+    );
+    shop.stop().await;
+    coordinator.stop().await.expect("stop");
+}
+both!(a_dropped_transaction_is_aborted);
+
+#[tokio::test]
+async fn a_coordinator_that_forgets_a_participant_learns_it_again() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let stock_db = TestDb::new(Backend::Sqlite).await;
+    let barrier = stock::open(&stock_db.url, &[("apple", 1)])
+        .await
+        .expect("open");
+    let serving = settle::serve("forgotten", stock::Stock, barrier)
+        .coordinator(coordinator.url())
+        .reregister_every(Duration::from_millis(50))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
+
+    let store = coordinator_store(&db.url).await;
+    assert_eq!(
+        store.participant("forgotten").await.expect("read"),
+        Some(serving.url().to_owned())
+    );
+    sqlx::query("DELETE FROM participant")
+        .execute(&store_pool(&db.url).await)
+        .await
+        .expect("forget");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store
+        .participant("forgotten")
+        .await
+        .expect("read")
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never registered again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    serving.stop().await.expect("stop");
+    coordinator.stop().await.expect("stop");
+}
+
+async fn coordinator_store(url: &str) -> settle_coordinator::store::Store {
+    settle_coordinator::store::Store::open(url, 2)
+        .await
+        .expect("store")
+}
+
+async fn store_pool(url: &str) -> sqlx::AnyPool {
+    settle::db::Database::connect(url, 1)
+        .await
+        .expect("pool")
+        .pool()
+        .clone()
+}
