@@ -138,8 +138,8 @@ impl Barrier {
     /// (`_settle_barrier_migrations`), so it lives beside the participant's own migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut migrator = match self.db.dialect() {
-            crate::db::Dialect::Sqlite => sqlx::migrate!("migrations/participants/sqlite"),
-            crate::db::Dialect::Postgres => sqlx::migrate!("migrations/participants/postgres"),
+            crate::db::Dialect::Sqlite => sqlx::migrate!("migrations/participants/barrier/sqlite"),
+            crate::db::Dialect::Postgres => sqlx::migrate!("migrations/participants/barrier/postgres"),
         };
         migrator.dangerous_set_table_name("_settle_barrier_migrations");
         migrator.run(self.db.pool()).await?;

@@ -67,6 +67,14 @@ impl Error {
 /// holds the barrier row; duplicates, empty rollbacks and hanging Trys never reach these
 /// methods. Return [`Error::Refused`] from `try` (or `execute`) to refuse.
 pub trait Participant: Send + Sync + 'static {
+    /// A cheap check made before a Try touches the database (no barrier row, no local
+    /// transaction): return [`Error::Refused`] to refuse at once, as a sold-out flag does.
+    /// Accepts everything unless implemented.
+    fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
+        let _ = branch;
+        Ok(())
+    }
+
     /// Reserves the branch's resources.
     fn r#try(
         &self,
@@ -106,5 +114,53 @@ pub trait Participant: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send {
         let _ = (branch, conn);
         async { Err(Error::Unsupported("compensate")) }
+    }
+}
+
+/// A shared participant is a participant, so a service can keep an `Arc` to read its own
+/// state while [`crate::serve`] owns another.
+impl<P: Participant> Participant for std::sync::Arc<P> {
+    fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
+        (**self).screen_try(branch)
+    }
+
+    fn r#try(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).r#try(branch, conn)
+    }
+
+    fn confirm(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).confirm(branch, conn)
+    }
+
+    fn cancel(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).cancel(branch, conn)
+    }
+
+    fn execute(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).execute(branch, conn)
+    }
+
+    fn compensate(
+        &self,
+        branch: &Branch,
+        conn: &mut AnyConnection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).compensate(branch, conn)
     }
 }

@@ -266,6 +266,11 @@ impl<P: Participant> ParticipantService<P> {
             action: req.action,
             payload: req.payload,
         };
+        if op == Op::Try {
+            self.participant
+                .screen_try(&branch)
+                .map_err(participant_status)?;
+        }
         let mut guarded = match self
             .barrier
             .enter(op, &branch.gid, branch.branch_id)

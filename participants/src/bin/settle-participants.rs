@@ -1,0 +1,88 @@
+//! `settle-participants`: runs one of the shop's services, or all four.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+use settle_participants::{
+    inventory::Inventory, order::Orders, payment::Payment, points::Points,
+    shop::{self, database_url},
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Service {
+    Inventory,
+    Order,
+    Payment,
+    Points,
+    All,
+}
+
+/// The Settle reference shop: inventory, order, payment and points participants.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Which service to run.
+    #[arg(long, env = "SETTLE_SERVICE", value_enum, default_value = "all")]
+    service: Service,
+    /// Address to listen on; with `all`, the four services take this port and the next three
+    /// (port 0: each picks a free port).
+    #[arg(long, env = "SETTLE_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Database URL; `{service}` is replaced by the service name, so each has its own.
+    #[arg(long, env = "SETTLE_DATABASE", default_value = "sqlite://{service}.db")]
+    database: String,
+    /// The coordinator to register with.
+    #[arg(long, env = "SETTLE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let wanted: Vec<&str> = match args.service {
+        Service::All => shop::SERVICES.to_vec(),
+        Service::Inventory => vec![shop::INVENTORY],
+        Service::Order => vec![shop::ORDER],
+        Service::Payment => vec![shop::PAYMENT],
+        Service::Points => vec![shop::POINTS],
+    };
+    let mut servers = Vec::new();
+    for (i, name) in wanted.into_iter().enumerate() {
+        let port = match args.listen.port() {
+            0 => 0,
+            first => first + i as u16,
+        };
+        let addr = SocketAddr::new(args.listen.ip(), port);
+        let url = database_url(&args.database, name);
+        let c = &args.coordinator;
+        let serving = match name {
+            shop::INVENTORY => {
+                let s = Inventory::open(&url).await?;
+                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+            }
+            shop::ORDER => {
+                let s = Orders::open(&url).await?;
+                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+            }
+            shop::PAYMENT => {
+                let s = Payment::open(&url).await?;
+                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+            }
+            _ => {
+                let s = Points::open(&url).await?;
+                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+            }
+        };
+        println!("{name} listening on {}", serving.url());
+        servers.push(serving);
+    }
+    tokio::signal::ctrl_c().await?;
+    for server in servers {
+        server.stop().await?;
+    }
+    Ok(())
+}

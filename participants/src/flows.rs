@@ -1,0 +1,197 @@
+//! The flows the shop exists for, as initiator-side functions over the SDK client:
+//! flash-sale **purchase** (inventory + order + payment + points reward), **points-pay**
+//! (order + points) and **refund** (order + money or points back + restock).
+//!
+//! Each flow is one TCC transaction. A business refusal aborts it and comes back as
+//! [`Outcome::Refused`]; any other error aborts it too and is returned. Phase two is the
+//! coordinator's: a Commit that answers COMMITTING still completes, retried until done.
+
+use std::time::Duration;
+
+use settle::{Client, client::{Error, Status}};
+
+use crate::{
+    inventory::Units,
+    order::{NewOrder, Order, PayWith, RefundOrder},
+    payment::{Charge, Refund},
+    points::PointsMove,
+    shop::{INVENTORY, ORDER, PAYMENT, POINTS},
+};
+
+/// How long a flow's transaction may stay open before the coordinator aborts it.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a flow ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed (or committing: phase two finishes in the background). The gid, which is
+    /// also the order id for purchases and points-pay.
+    Done(String),
+    /// A participant refused; the transaction was aborted.
+    Refused {
+        /// Who refused.
+        participant: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A flash-sale purchase.
+#[derive(Debug, Clone)]
+pub struct Purchase {
+    /// Buyer.
+    pub user_id: i64,
+    /// The sale.
+    pub campaign: String,
+    /// The item.
+    pub sku: String,
+    /// How many.
+    pub qty: i64,
+    /// Price in money.
+    pub price: i64,
+    /// Points granted when the purchase commits.
+    pub reward: i64,
+}
+
+/// Buys: reserves stock first (the usual refusal in a flash sale, and the cheapest), then
+/// creates the order, freezes the money and stages the reward together.
+pub async fn purchase(client: &Client, p: &Purchase) -> Result<Outcome, Error> {
+    let tx = client.begin(TIMEOUT).await?;
+    let gid = tx.gid().to_owned();
+    let tried = async {
+        tx.try_branch(INVENTORY, "reserve", &Units { sku: p.sku.clone(), qty: p.qty })
+            .await?;
+        let order = NewOrder {
+            user_id: p.user_id,
+            campaign: p.campaign.clone(),
+            sku: p.sku.clone(),
+            qty: p.qty,
+            amount: p.price,
+            pay_with: PayWith::Money,
+        };
+        let charge = Charge {
+            user_id: p.user_id,
+            amount: p.price,
+            out_trade_no: gid.clone(),
+        };
+        let reward = PointsMove {
+            user_id: p.user_id,
+            points: p.reward,
+            out_trade_no: gid.clone(),
+        };
+        let (order, charge, reward) = tokio::join!(
+            tx.try_branch(ORDER, "create", &order),
+            tx.try_branch(PAYMENT, "pay", &charge),
+            async {
+                if p.reward > 0 {
+                    tx.try_branch(POINTS, "reward", &reward).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        );
+        order?;
+        charge?;
+        reward?;
+        Ok(())
+    };
+    let tried = tried.await;
+    finish(tx, tried).await
+}
+
+/// An order paid with points.
+#[derive(Debug, Clone)]
+pub struct PointsPay {
+    /// Buyer.
+    pub user_id: i64,
+    /// The campaign.
+    pub campaign: String,
+    /// The item.
+    pub sku: String,
+    /// How many.
+    pub qty: i64,
+    /// Price in points.
+    pub points: i64,
+}
+
+/// Pays an order with points: creates the order and freezes the points together.
+pub async fn points_pay(client: &Client, p: &PointsPay) -> Result<Outcome, Error> {
+    let tx = client.begin(TIMEOUT).await?;
+    let gid = tx.gid().to_owned();
+    let order = NewOrder {
+        user_id: p.user_id,
+        campaign: p.campaign.clone(),
+        sku: p.sku.clone(),
+        qty: p.qty,
+        amount: p.points,
+        pay_with: PayWith::Points,
+    };
+    let payment = PointsMove {
+        user_id: p.user_id,
+        points: p.points,
+        out_trade_no: gid,
+    };
+    let (order, payment) = tokio::join!(
+        tx.try_branch(ORDER, "create", &order),
+        tx.try_branch(POINTS, "pay", &payment),
+    );
+    let tried = order.and(payment).map(drop);
+    finish(tx, tried).await
+}
+
+/// Refunds a paid order: the order moves to REFUNDED, the money (or points) goes back, and
+/// a purchase's units return to stock.
+pub async fn refund(client: &Client, order: &Order) -> Result<Outcome, Error> {
+    let tx = client.begin(TIMEOUT).await?;
+    let tried = async {
+        tx.try_branch(ORDER, "refund", &RefundOrder { order_id: order.order_id.clone() })
+            .await?;
+        if order.pay_with == "points" {
+            let back = PointsMove {
+                user_id: order.user_id,
+                points: order.amount,
+                out_trade_no: order.order_id.clone(),
+            };
+            tx.try_branch(POINTS, "refund", &back).await?;
+        } else {
+            let back = Refund {
+                out_trade_no: order.order_id.clone(),
+            };
+            let units = Units {
+                sku: order.sku.clone(),
+                qty: order.qty,
+            };
+            let (money, stock) = tokio::join!(
+                tx.try_branch(PAYMENT, "refund", &back),
+                tx.try_branch(INVENTORY, "restock", &units),
+            );
+            money?;
+            stock?;
+        }
+        Ok(())
+    };
+    let tried = tried.await;
+    finish(tx, tried).await
+}
+
+/// Commits when every Try succeeded; otherwise aborts, and reports a refusal as an outcome.
+async fn finish(tx: settle::Transaction, tried: Result<(), Error>) -> Result<Outcome, Error> {
+    let gid = tx.gid().to_owned();
+    match tried {
+        Ok(()) => match tx.commit().await? {
+            Status::Committed | Status::Committing => Ok(Outcome::Done(gid)),
+            other => Err(Error::Coordinator(tonic::Status::internal(format!(
+                "{gid}: commit answered {other:?}"
+            )))),
+        },
+        Err(Error::Refused { participant, reason }) => {
+            tx.abort(&format!("{participant} refused: {reason}")).await?;
+            Ok(Outcome::Refused { participant, reason })
+        }
+        Err(error) => {
+            // The abort is best effort: if it fails too, the deadline aborts.
+            let _ = tx.abort(&error.to_string()).await;
+            Err(error)
+        }
+    }
+}

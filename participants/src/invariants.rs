@@ -1,0 +1,129 @@
+//! The invariants of DESIGN.md §6, checked across the four services' databases once the
+//! shop is quiet (no transaction in flight):
+//! no oversell and sold + available + reserved = initial stock; nothing left reserved,
+//! pending or frozen; every paid order has exactly one debit, its stock and its reward; no
+//! money or points movement without its order; money and points conserved.
+//!
+//! Whether every global transaction ended final is the coordinator's to answer; callers
+//! check that with `Get`.
+
+use std::collections::HashMap;
+
+use crate::shop::Shop;
+
+/// What the shop started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    /// Σ money over all accounts at the start.
+    pub money: i64,
+    /// Σ points over all accounts at the start.
+    pub points: i64,
+}
+
+/// Checks every invariant; returns the violations, empty when all hold.
+pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::Error> {
+    let mut violations = Vec::new();
+    let mut fail = |msg: String| violations.push(msg);
+
+    let orders = shop.orders.all().await?;
+    let pay_log = shop.payment.log().await?;
+    let points_log = shop.points.log().await?;
+    let money = shop.payment.totals().await?;
+    let points = shop.points.totals().await?;
+
+    let mut sold_by_sku: HashMap<&str, i64> = HashMap::new();
+    let mut pay_rows: HashMap<(&str, &str), usize> = HashMap::new();
+    for row in &pay_log {
+        *pay_rows.entry((&row.out_trade_no, &row.kind)).or_default() += 1;
+    }
+    let mut points_rows: HashMap<(&str, &str), usize> = HashMap::new();
+    for row in &points_log {
+        *points_rows.entry((&row.out_trade_no, &row.kind)).or_default() += 1;
+    }
+    let by_id: HashMap<&str, &crate::order::Order> =
+        orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
+
+    for order in &orders {
+        let id = order.order_id.as_str();
+        let count = |rows: &HashMap<(&str, &str), usize>, kind: &str| rows.get(&(id, kind)).copied().unwrap_or(0);
+        let (paid_expected, refund_expected) = match order.status.as_str() {
+            "PAID" => (1, 0),
+            "REFUNDED" => (1, 1),
+            "CANCELLED" => (0, 0),
+            other => {
+                fail(format!("order {id} is still {other}"));
+                continue;
+            }
+        };
+        let (log, other_log) = if order.pay_with == "money" {
+            (&pay_rows, &points_rows)
+        } else {
+            (&points_rows, &pay_rows)
+        };
+        if count(log, "pay") != paid_expected || count(log, "refund") != refund_expected {
+            fail(format!(
+                "order {id} ({}, {}) has {} payments and {} refunds",
+                order.status,
+                order.pay_with,
+                count(log, "pay"),
+                count(log, "refund")
+            ));
+        }
+        if count(other_log, "pay") + count(other_log, "refund") != 0 {
+            fail(format!("order {id} paid with {} has movements in the other ledger", order.pay_with));
+        }
+        if order.pay_with == "money" {
+            if count(&points_rows, "reward") != paid_expected {
+                fail(format!("order {id} ({}) has {} rewards", order.status, count(&points_rows, "reward")));
+            }
+            if order.status == "PAID" {
+                *sold_by_sku.entry(&order.sku).or_default() += order.qty;
+            }
+        }
+    }
+    for row in &pay_log {
+        if !by_id.contains_key(row.out_trade_no.as_str()) {
+            fail(format!("money {} for {} without an order", row.kind, row.out_trade_no));
+        }
+    }
+    for row in &points_log {
+        if !by_id.contains_key(row.out_trade_no.as_str()) {
+            fail(format!("points {} for {} without an order", row.kind, row.out_trade_no));
+        }
+    }
+
+    for (sku, stock) in shop.inventory.all_stock().await? {
+        if stock.available + stock.reserved + stock.sold != stock.initial {
+            fail(format!("{sku}: available {} + reserved {} + sold {} != initial {}", stock.available, stock.reserved, stock.sold, stock.initial));
+        }
+        if stock.reserved != 0 {
+            fail(format!("{sku}: {} units still reserved", stock.reserved));
+        }
+        let sold = sold_by_sku.get(sku.as_str()).copied().unwrap_or(0);
+        if stock.sold != sold {
+            fail(format!("{sku}: {} sold but paid orders hold {sold}", stock.sold));
+        }
+    }
+
+    if money.frozen != 0 {
+        fail(format!("{} money still frozen", money.frozen));
+    }
+    if money.balance + money.frozen + money.paid - money.refunded != opening.money {
+        fail(format!(
+            "money not conserved: balances {} + frozen {} + paid {} - refunded {} != {}",
+            money.balance, money.frozen, money.paid, money.refunded, opening.money
+        ));
+    }
+    if points.frozen != 0 || points.pending != 0 {
+        fail(format!("points still frozen ({}) or pending ({})", points.frozen, points.pending));
+    }
+    if points.usable + points.frozen + points.pending
+        != opening.points + points.rewarded - points.paid + points.refunded
+    {
+        fail(format!(
+            "points not conserved: usable {} + frozen {} + pending {} != opening {} + rewarded {} - paid {} + refunded {}",
+            points.usable, points.frozen, points.pending, opening.points, points.rewarded, points.paid, points.refunded
+        ));
+    }
+    Ok(violations)
+}

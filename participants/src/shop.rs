@@ -1,0 +1,99 @@
+//! The shop as a whole: the four services opened on their own databases and served over
+//! gRPC, registered with a coordinator under their well-known names.
+//!
+//! Each service owns its database; the URL template's `{service}` is replaced by the
+//! service name (`sqlite:///tmp/shop/{service}.db`, `postgres://…/shop_{service}`).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use settle::{Barrier, Participant, server::Serving};
+
+use crate::{
+    inventory::Inventory, order::Orders, payment::Payment, points::Points, service,
+};
+
+/// Name under which the inventory service registers.
+pub const INVENTORY: &str = "inventory";
+/// Name under which the order service registers.
+pub const ORDER: &str = "order";
+/// Name under which the payment service registers.
+pub const PAYMENT: &str = "payment";
+/// Name under which the points service registers.
+pub const POINTS: &str = "points";
+/// Every service, in start order.
+pub const SERVICES: [&str; 4] = [INVENTORY, ORDER, PAYMENT, POINTS];
+
+/// The database URL of `service` under `template`.
+pub fn database_url(template: &str, service: &str) -> String {
+    template.replace("{service}", service)
+}
+
+/// Serves one participant, registering it with the coordinator.
+pub async fn serve<P: Participant>(
+    name: &str,
+    participant: P,
+    barrier: Barrier,
+    coordinator: &str,
+    addr: SocketAddr,
+) -> Result<Serving, service::Error> {
+    Ok(settle::serve(name, participant, barrier)
+        .coordinator(coordinator)
+        .bind(addr)
+        .await?)
+}
+
+/// The four services, running.
+#[derive(Debug)]
+pub struct Shop {
+    /// Stock.
+    pub inventory: Arc<Inventory>,
+    /// Orders.
+    pub orders: Arc<Orders>,
+    /// Money.
+    pub payment: Arc<Payment>,
+    /// Points.
+    pub points: Arc<Points>,
+    servers: Vec<Serving>,
+}
+
+impl Shop {
+    /// Opens every service's database from `database` (a template with `{service}`) and
+    /// serves each on `host` with a port of its own, registered with `coordinator`.
+    pub async fn start(database: &str, coordinator: &str, host: std::net::IpAddr) -> Result<Shop, service::Error> {
+        let addr = SocketAddr::new(host, 0);
+        let inventory = Inventory::open(&database_url(database, INVENTORY)).await?;
+        let orders = Orders::open(&database_url(database, ORDER)).await?;
+        let payment = Payment::open(&database_url(database, PAYMENT)).await?;
+        let points = Points::open(&database_url(database, POINTS)).await?;
+        let servers = vec![
+            serve(INVENTORY, inventory.clone(), inventory.barrier(), coordinator, addr).await?,
+            serve(ORDER, orders.clone(), orders.barrier(), coordinator, addr).await?,
+            serve(PAYMENT, payment.clone(), payment.barrier(), coordinator, addr).await?,
+            serve(POINTS, points.clone(), points.barrier(), coordinator, addr).await?,
+        ];
+        Ok(Shop {
+            inventory,
+            orders,
+            payment,
+            points,
+            servers,
+        })
+    }
+
+    /// Each service's name and endpoint.
+    pub fn endpoints(&self) -> Vec<(&'static str, String)> {
+        SERVICES
+            .iter()
+            .zip(&self.servers)
+            .map(|(name, serving)| (*name, serving.url().to_owned()))
+            .collect()
+    }
+
+    /// Stops every server gracefully.
+    pub async fn stop(self) -> Result<(), service::Error> {
+        for server in self.servers {
+            server.stop().await?;
+        }
+        Ok(())
+    }
+}
