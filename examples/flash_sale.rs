@@ -9,22 +9,20 @@
 //! cargo run --release --example flash_sale -- --postgres postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use clap::Parser;
 use futures::StreamExt;
-use settle::Client;
-use settle_coordinator::{Config, Coordinator};
 use settle_participants::{
-    Shop,
     flows::{self, Outcome, Purchase},
-    invariants::{self, Opening},
+    invariants::Opening,
 };
-use sqlx::{Connection, Executor};
+use support::Embedded;
 
 /// Runs a flash sale and checks the shop's invariants afterwards.
 #[derive(Debug, Parser)]
@@ -62,32 +60,16 @@ struct Args {
 const SKU: &str = "FLASH-1";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> support::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
         .init();
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let (coordinator_db, shop_db) = match &args.postgres {
-        Some(admin) => (
-            fresh_postgres(admin, "settle_flash_coordinator").await?,
-            fresh_postgres_template(admin).await?,
-        ),
-        None => (
-            format!("sqlite://{}", dir.path().join("coordinator.db").display()),
-            format!("sqlite://{}/{{service}}.db", dir.path().display()),
-        ),
-    };
-
-    let coordinator = Coordinator::open(Config {
-        database: coordinator_db.clone(),
-        max_connections: 32,
-        ..Config::default()
-    })
-    .await?
-    .spawn("127.0.0.1:0".parse()?)
-    .await?;
-    let shop = Shop::start(&shop_db, &coordinator.url(), IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+    let embedded = Embedded::start(args.postgres.as_deref(), "settle_flash").await?;
+    let shop = &embedded.shop;
 
     shop.inventory.restock(SKU, args.units).await?;
     let rich: Vec<i64> = (1..=args.buyers).filter(|u| u % 10 != 0).collect();
@@ -106,36 +88,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.units,
         args.buyers,
         args.concurrency,
-        if args.postgres.is_some() { "PostgreSQL" } else { "SQLite" }
+        if args.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     );
-    let client = Client::connect(coordinator.url()).await?;
+    let client = embedded.client.clone();
     let attempts: Vec<i64> = (1..=args.buyers)
         .flat_map(|u| {
-            let clicks = if args.double_click_every > 0 && u % args.double_click_every == 0 { 2 } else { 1 };
+            let clicks = if args.double_click_every > 0 && u % args.double_click_every == 0 {
+                2
+            } else {
+                1
+            };
             std::iter::repeat_n(u, clicks)
         })
         .collect();
     let started = Instant::now();
-    let results: Vec<(Duration, Result<Outcome, settle::client::Error>)> = futures::stream::iter(attempts)
-        .map(|user_id| {
-            let client = client.clone();
-            let purchase = Purchase {
-                user_id,
-                campaign: "black-friday".to_owned(),
-                sku: SKU.to_owned(),
-                qty: 1,
-                price: args.price,
-                reward: args.reward,
-            };
-            async move {
-                let t = Instant::now();
-                let outcome = flows::purchase(&client, &purchase).await;
-                (t.elapsed(), outcome)
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
+    let results: Vec<(Duration, Result<Outcome, settle::client::Error>)> =
+        futures::stream::iter(attempts)
+            .map(|user_id| {
+                let client = client.clone();
+                let purchase = Purchase {
+                    user_id,
+                    campaign: "black-friday".to_owned(),
+                    sku: SKU.to_owned(),
+                    qty: 1,
+                    price: args.price,
+                    reward: args.reward,
+                };
+                async move {
+                    let t = Instant::now();
+                    let outcome = flows::purchase(&client, &purchase).await;
+                    (t.elapsed(), outcome)
+                }
+            })
+            .buffer_unordered(args.concurrency)
+            .collect()
+            .await;
     let elapsed = started.elapsed();
 
     let mut sold = 0;
@@ -150,14 +141,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sold += 1;
                 gids.push(gid.clone());
             }
-            Ok(Outcome::Refused { participant, reason }) => {
-                *refused.entry(format!("{participant}: {reason}")).or_default() += 1;
+            Ok(Outcome::Refused {
+                participant,
+                reason,
+            }) => {
+                *refused
+                    .entry(format!("{participant}: {reason}"))
+                    .or_default() += 1;
             }
             Err(error) => *errors.entry(error.to_string()).or_default() += 1,
         }
     }
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let pct = |p| percentile(&latencies, p);
     println!("\nattempts     {}", results.len());
     println!("sold         {sold}");
     for (reason, n) in &refused {
@@ -171,64 +167,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         results.len() as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
-    println!("latency      p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), pct(1.0));
-
-    // Every sold transaction must end final; phase two may still be finishing.
-    let mut unfinished = 0;
-    for gid in &gids {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tx = client.get(gid).await?;
-            if tx.status() == settle::client::Status::Committed {
-                break;
-            }
-            if Instant::now() > deadline {
-                unfinished += 1;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    println!(
+        "latency      p50 {:?}  p99 {:?}  max {:?}",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
 
     let stock = shop.inventory.stock(SKU).await?.ok_or("sku vanished")?;
     println!(
-        "\nstock        initial {}  sold {}  available {}  reserved {}",
+        "stock        initial {}  sold {}  available {}  reserved {}",
         stock.initial, stock.sold, stock.available, stock.reserved
     );
-    let mut violations = invariants::check(&shop, opening).await?;
-    if unfinished > 0 {
-        violations.push(format!("{unfinished} sold transactions did not end COMMITTED"));
+    let oversold = sold > args.units;
+    if oversold {
+        println!("VIOLATION    oversold: {sold} > {}", args.units);
     }
-    if sold > args.units {
-        violations.push(format!("oversold: {sold} > {}", args.units));
-    }
-    shop.stop().await?;
-    coordinator.stop().await?;
-    if violations.is_empty() {
-        println!("invariants   all hold");
-        Ok(())
-    } else {
-        for v in &violations {
-            println!("VIOLATION    {v}");
-        }
+    if !embedded.finish(&gids, opening).await? || oversold {
         std::process::exit(1);
     }
+    Ok(())
 }
 
-/// Drops and creates `name` on the server of `admin`; returns its URL.
-async fn fresh_postgres(admin: &str, name: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-    Ok(format!("{base}/{name}"))
-}
-
-/// Fresh databases settle_flash_{service} for every shop service; returns the URL template.
-async fn fresh_postgres_template(admin: &str) -> Result<String, Box<dyn std::error::Error>> {
-    for service in settle_participants::shop::SERVICES {
-        fresh_postgres(admin, &format!("settle_flash_{service}")).await?;
+/// The p-th percentile of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
     }
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-    Ok(format!("{base}/settle_flash_{{service}}"))
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }

@@ -139,7 +139,9 @@ impl Barrier {
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut migrator = match self.db.dialect() {
             crate::db::Dialect::Sqlite => sqlx::migrate!("migrations/participants/barrier/sqlite"),
-            crate::db::Dialect::Postgres => sqlx::migrate!("migrations/participants/barrier/postgres"),
+            crate::db::Dialect::Postgres => {
+                sqlx::migrate!("migrations/participants/barrier/postgres")
+            }
         };
         migrator.dangerous_set_table_name("_settle_barrier_migrations");
         migrator.run(self.db.pool()).await?;

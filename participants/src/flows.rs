@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use settle::{Client, client::{Error, Status}};
+use settle::{
+    Client,
+    client::{Error, Status},
+};
 
 use crate::{
     inventory::Units,
@@ -59,8 +62,15 @@ pub async fn purchase(client: &Client, p: &Purchase) -> Result<Outcome, Error> {
     let tx = client.begin(TIMEOUT).await?;
     let gid = tx.gid().to_owned();
     let tried = async {
-        tx.try_branch(INVENTORY, "reserve", &Units { sku: p.sku.clone(), qty: p.qty })
-            .await?;
+        tx.try_branch(
+            INVENTORY,
+            "reserve",
+            &Units {
+                sku: p.sku.clone(),
+                qty: p.qty,
+            },
+        )
+        .await?;
         let order = NewOrder {
             user_id: p.user_id,
             campaign: p.campaign.clone(),
@@ -144,8 +154,14 @@ pub async fn points_pay(client: &Client, p: &PointsPay) -> Result<Outcome, Error
 pub async fn refund(client: &Client, order: &Order) -> Result<Outcome, Error> {
     let tx = client.begin(TIMEOUT).await?;
     let tried = async {
-        tx.try_branch(ORDER, "refund", &RefundOrder { order_id: order.order_id.clone() })
-            .await?;
+        tx.try_branch(
+            ORDER,
+            "refund",
+            &RefundOrder {
+                order_id: order.order_id.clone(),
+            },
+        )
+        .await?;
         if order.pay_with == "points" {
             let back = PointsMove {
                 user_id: order.user_id,
@@ -184,9 +200,16 @@ async fn finish(tx: settle::Transaction, tried: Result<(), Error>) -> Result<Out
                 "{gid}: commit answered {other:?}"
             )))),
         },
-        Err(Error::Refused { participant, reason }) => {
-            tx.abort(&format!("{participant} refused: {reason}")).await?;
-            Ok(Outcome::Refused { participant, reason })
+        Err(Error::Refused {
+            participant,
+            reason,
+        }) => {
+            tx.abort(&format!("{participant} refused: {reason}"))
+                .await?;
+            Ok(Outcome::Refused {
+                participant,
+                reason,
+            })
         }
         Err(error) => {
             // The abort is best effort: if it fails too, the deadline aborts.

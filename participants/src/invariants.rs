@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::shop::Shop;
+use crate::{inventory::Inventory, order::Orders, payment::Payment, points::Points, shop::Shop};
 
 /// What the shop started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,16 +20,35 @@ pub struct Opening {
     pub points: i64,
 }
 
-/// Checks every invariant; returns the violations, empty when all hold.
+/// Checks every invariant of a running shop; returns the violations, empty when all hold.
 pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::Error> {
+    check_services(
+        &shop.inventory,
+        &shop.orders,
+        &shop.payment,
+        &shop.points,
+        opening,
+    )
+    .await
+}
+
+/// Like [`check`], for services started one by one.
+pub async fn check_services(
+    inventory: &Inventory,
+    orders: &Orders,
+    payment: &Payment,
+    points: &Points,
+    opening: Opening,
+) -> Result<Vec<String>, sqlx::Error> {
     let mut violations = Vec::new();
     let mut fail = |msg: String| violations.push(msg);
 
-    let orders = shop.orders.all().await?;
-    let pay_log = shop.payment.log().await?;
-    let points_log = shop.points.log().await?;
-    let money = shop.payment.totals().await?;
-    let points = shop.points.totals().await?;
+    let stock = inventory.all_stock().await?;
+    let orders = orders.all().await?;
+    let pay_log = payment.log().await?;
+    let points_log = points.log().await?;
+    let money = payment.totals().await?;
+    let points = points.totals().await?;
 
     let mut sold_by_sku: HashMap<&str, i64> = HashMap::new();
     let mut pay_rows: HashMap<(&str, &str), usize> = HashMap::new();
@@ -38,14 +57,18 @@ pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::E
     }
     let mut points_rows: HashMap<(&str, &str), usize> = HashMap::new();
     for row in &points_log {
-        *points_rows.entry((&row.out_trade_no, &row.kind)).or_default() += 1;
+        *points_rows
+            .entry((&row.out_trade_no, &row.kind))
+            .or_default() += 1;
     }
     let by_id: HashMap<&str, &crate::order::Order> =
         orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
 
     for order in &orders {
         let id = order.order_id.as_str();
-        let count = |rows: &HashMap<(&str, &str), usize>, kind: &str| rows.get(&(id, kind)).copied().unwrap_or(0);
+        let count = |rows: &HashMap<(&str, &str), usize>, kind: &str| {
+            rows.get(&(id, kind)).copied().unwrap_or(0)
+        };
         let (paid_expected, refund_expected) = match order.status.as_str() {
             "PAID" => (1, 0),
             "REFUNDED" => (1, 1),
@@ -70,11 +93,18 @@ pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::E
             ));
         }
         if count(other_log, "pay") + count(other_log, "refund") != 0 {
-            fail(format!("order {id} paid with {} has movements in the other ledger", order.pay_with));
+            fail(format!(
+                "order {id} paid with {} has movements in the other ledger",
+                order.pay_with
+            ));
         }
         if order.pay_with == "money" {
             if count(&points_rows, "reward") != paid_expected {
-                fail(format!("order {id} ({}) has {} rewards", order.status, count(&points_rows, "reward")));
+                fail(format!(
+                    "order {id} ({}) has {} rewards",
+                    order.status,
+                    count(&points_rows, "reward")
+                ));
             }
             if order.status == "PAID" {
                 *sold_by_sku.entry(&order.sku).or_default() += order.qty;
@@ -83,25 +113,37 @@ pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::E
     }
     for row in &pay_log {
         if !by_id.contains_key(row.out_trade_no.as_str()) {
-            fail(format!("money {} for {} without an order", row.kind, row.out_trade_no));
+            fail(format!(
+                "money {} for {} without an order",
+                row.kind, row.out_trade_no
+            ));
         }
     }
     for row in &points_log {
         if !by_id.contains_key(row.out_trade_no.as_str()) {
-            fail(format!("points {} for {} without an order", row.kind, row.out_trade_no));
+            fail(format!(
+                "points {} for {} without an order",
+                row.kind, row.out_trade_no
+            ));
         }
     }
 
-    for (sku, stock) in shop.inventory.all_stock().await? {
+    for (sku, stock) in stock {
         if stock.available + stock.reserved + stock.sold != stock.initial {
-            fail(format!("{sku}: available {} + reserved {} + sold {} != initial {}", stock.available, stock.reserved, stock.sold, stock.initial));
+            fail(format!(
+                "{sku}: available {} + reserved {} + sold {} != initial {}",
+                stock.available, stock.reserved, stock.sold, stock.initial
+            ));
         }
         if stock.reserved != 0 {
             fail(format!("{sku}: {} units still reserved", stock.reserved));
         }
         let sold = sold_by_sku.get(sku.as_str()).copied().unwrap_or(0);
         if stock.sold != sold {
-            fail(format!("{sku}: {} sold but paid orders hold {sold}", stock.sold));
+            fail(format!(
+                "{sku}: {} sold but paid orders hold {sold}",
+                stock.sold
+            ));
         }
     }
 
@@ -115,14 +157,23 @@ pub async fn check(shop: &Shop, opening: Opening) -> Result<Vec<String>, sqlx::E
         ));
     }
     if points.frozen != 0 || points.pending != 0 {
-        fail(format!("points still frozen ({}) or pending ({})", points.frozen, points.pending));
+        fail(format!(
+            "points still frozen ({}) or pending ({})",
+            points.frozen, points.pending
+        ));
     }
     if points.usable + points.frozen + points.pending
         != opening.points + points.rewarded - points.paid + points.refunded
     {
         fail(format!(
             "points not conserved: usable {} + frozen {} + pending {} != opening {} + rewarded {} - paid {} + refunded {}",
-            points.usable, points.frozen, points.pending, opening.points, points.rewarded, points.paid, points.refunded
+            points.usable,
+            points.frozen,
+            points.pending,
+            opening.points,
+            points.rewarded,
+            points.paid,
+            points.refunded
         ));
     }
     Ok(violations)

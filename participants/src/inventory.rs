@@ -8,7 +8,10 @@
 //!
 //! Orders, money and points belong to the other services.
 
-use std::{collections::HashSet, sync::{Arc, RwLock}};
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+};
 
 use serde::{Deserialize, Serialize};
 use settle::{Barrier, Branch, Participant, participant::Error};
@@ -92,9 +95,10 @@ impl Inventory {
 
     /// Every SKU with its counts.
     pub async fn all_stock(&self) -> Result<Vec<(String, Stock)>, sqlx::Error> {
-        let rows = sqlx::query("SELECT sku, initial, available, reserved, sold FROM sku ORDER BY sku")
-            .fetch_all(self.barrier.database().pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT sku, initial, available, reserved, sold FROM sku ORDER BY sku")
+                .fetch_all(self.barrier.database().pool())
+                .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("sku")?, stock_from_row(row)?)))
             .collect()
@@ -163,7 +167,10 @@ fn stock_from_row(row: &sqlx::any::AnyRow) -> Result<Stock, sqlx::Error> {
 fn units(branch: &Branch) -> Result<Units, Error> {
     let units: Units = branch.json()?;
     if units.qty <= 0 {
-        return Err(Error::BadPayload(format!("qty must be positive, got {}", units.qty)));
+        return Err(Error::BadPayload(format!(
+            "qty must be positive, got {}",
+            units.qty
+        )));
     }
     Ok(units)
 }
@@ -197,7 +204,10 @@ impl Participant for Inventory {
                 let sql = "UPDATE sku SET sold = sold - $1, reserved = reserved + $1 \
                            WHERE sku = $2 AND sold >= $1";
                 match exec(conn, sql, &units).await? {
-                    0 => Err(Error::refuse(format!("fewer than {} units of {} sold", units.qty, units.sku))),
+                    0 => Err(Error::refuse(format!(
+                        "fewer than {} units of {} sold",
+                        units.qty, units.sku
+                    ))),
                     _ => Ok(()),
                 }
             }
@@ -209,7 +219,9 @@ impl Participant for Inventory {
         let units = units(branch)?;
         let sql = match branch.action.as_str() {
             "reserve" => "UPDATE sku SET reserved = reserved - $1, sold = sold + $1 WHERE sku = $2",
-            "restock" => "UPDATE sku SET reserved = reserved - $1, available = available + $1 WHERE sku = $2",
+            "restock" => {
+                "UPDATE sku SET reserved = reserved - $1, available = available + $1 WHERE sku = $2"
+            }
             other => return Err(unknown(other)),
         };
         exec(conn, sql, &units).await?;
@@ -222,7 +234,9 @@ impl Participant for Inventory {
     async fn cancel(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let units = units(branch)?;
         let sql = match branch.action.as_str() {
-            "reserve" => "UPDATE sku SET reserved = reserved - $1, available = available + $1 WHERE sku = $2",
+            "reserve" => {
+                "UPDATE sku SET reserved = reserved - $1, available = available + $1 WHERE sku = $2"
+            }
             "restock" => "UPDATE sku SET reserved = reserved - $1, sold = sold + $1 WHERE sku = $2",
             other => return Err(unknown(other)),
         };

@@ -9,8 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod flows;
-pub mod inventory;
 pub mod invariants;
+pub mod inventory;
 pub mod order;
 pub mod payment;
 pub mod points;

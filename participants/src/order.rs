@@ -141,14 +141,21 @@ fn order_from_row(row: &sqlx::any::AnyRow) -> Result<Order, sqlx::Error> {
 }
 
 /// Moves an order from one status to another; returns whether it was in `from`.
-async fn transition(conn: &mut AnyConnection, order_id: &str, from: &str, to: &str) -> Result<bool, Error> {
-    let done = sqlx::query("UPDATE orders SET status = $1, updated_at = $2 WHERE order_id = $3 AND status = $4")
-        .bind(to)
-        .bind(service::now_ms())
-        .bind(order_id)
-        .bind(from)
-        .execute(conn)
-        .await?;
+async fn transition(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    from: &str,
+    to: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE orders SET status = $1, updated_at = $2 WHERE order_id = $3 AND status = $4",
+    )
+    .bind(to)
+    .bind(service::now_ms())
+    .bind(order_id)
+    .bind(from)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -162,7 +169,9 @@ impl Participant for Orders {
             "create" => {
                 let order: NewOrder = branch.json()?;
                 if order.qty <= 0 || order.amount < 0 {
-                    return Err(Error::BadPayload("qty must be positive and amount not negative".into()));
+                    return Err(Error::BadPayload(
+                        "qty must be positive and amount not negative".into(),
+                    ));
                 }
                 let now = service::now_ms();
                 let created = sqlx::query(
@@ -188,7 +197,10 @@ impl Participant for Orders {
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
                 if !transition(conn, &refund.order_id, "PAID", "REFUNDING").await? {
-                    return Err(Error::refuse(format!("order {} is not paid", refund.order_id)));
+                    return Err(Error::refuse(format!(
+                        "order {} is not paid",
+                        refund.order_id
+                    )));
                 }
                 Ok(())
             }
@@ -198,10 +210,14 @@ impl Participant for Orders {
 
     async fn confirm(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
-            "create" => transition(conn, &branch.gid, "PENDING", "PAID").await.map(drop),
+            "create" => transition(conn, &branch.gid, "PENDING", "PAID")
+                .await
+                .map(drop),
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
-                transition(conn, &refund.order_id, "REFUNDING", "REFUNDED").await.map(drop)
+                transition(conn, &refund.order_id, "REFUNDING", "REFUNDED")
+                    .await
+                    .map(drop)
             }
             other => Err(unknown(other)),
         }
@@ -209,10 +225,14 @@ impl Participant for Orders {
 
     async fn cancel(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
-            "create" => transition(conn, &branch.gid, "PENDING", "CANCELLED").await.map(drop),
+            "create" => transition(conn, &branch.gid, "PENDING", "CANCELLED")
+                .await
+                .map(drop),
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
-                transition(conn, &refund.order_id, "REFUNDING", "PAID").await.map(drop)
+                transition(conn, &refund.order_id, "REFUNDING", "PAID")
+                    .await
+                    .map(drop)
             }
             other => Err(unknown(other)),
         }

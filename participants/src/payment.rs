@@ -95,7 +95,13 @@ impl Payment {
     /// Opens accounts for `users`, each with `balance`.
     pub async fn open_accounts(&self, users: &[i64], balance: i64) -> Result<(), service::Error> {
         let rows: Vec<Vec<i64>> = users.iter().map(|u| vec![*u, balance]).collect();
-        service::insert_many(&self.barrier, "INSERT INTO account (user_id, balance)", 2, &rows).await
+        service::insert_many(
+            &self.barrier,
+            "INSERT INTO account (user_id, balance)",
+            2,
+            &rows,
+        )
+        .await
     }
 
     /// One account.
@@ -158,7 +164,10 @@ impl Payment {
 fn charge(branch: &Branch) -> Result<Charge, Error> {
     let charge: Charge = branch.json()?;
     if charge.amount <= 0 {
-        return Err(Error::BadPayload(format!("amount must be positive, got {}", charge.amount)));
+        return Err(Error::BadPayload(format!(
+            "amount must be positive, got {}",
+            charge.amount
+        )));
     }
     Ok(charge)
 }
@@ -193,10 +202,16 @@ impl Participant for Payment {
                         .fetch_all(conn)
                         .await?;
                 if !logged.iter().any(|t| t == "pay") {
-                    return Err(Error::refuse(format!("nothing paid for {}", refund.out_trade_no)));
+                    return Err(Error::refuse(format!(
+                        "nothing paid for {}",
+                        refund.out_trade_no
+                    )));
                 }
                 if logged.iter().any(|t| t == "refund") {
-                    return Err(Error::refuse(format!("{} is already refunded", refund.out_trade_no)));
+                    return Err(Error::refuse(format!(
+                        "{} is already refunded",
+                        refund.out_trade_no
+                    )));
                 }
                 Ok(())
             }

@@ -96,15 +96,22 @@ impl Points {
     /// Opens points accounts for `users`, each with `usable` points.
     pub async fn open_accounts(&self, users: &[i64], usable: i64) -> Result<(), service::Error> {
         let rows: Vec<Vec<i64>> = users.iter().map(|u| vec![*u, usable]).collect();
-        service::insert_many(&self.barrier, "INSERT INTO points_account (user_id, usable)", 2, &rows).await
+        service::insert_many(
+            &self.barrier,
+            "INSERT INTO points_account (user_id, usable)",
+            2,
+            &rows,
+        )
+        .await
     }
 
     /// One account.
     pub async fn account(&self, user_id: i64) -> Result<Option<PointsAccount>, sqlx::Error> {
-        let row = sqlx::query("SELECT usable, frozen, pending FROM points_account WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(self.barrier.database().pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT usable, frozen, pending FROM points_account WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(self.barrier.database().pool())
+                .await?;
         row.map(|row| {
             Ok(PointsAccount {
                 usable: row.try_get("usable")?,
@@ -164,13 +171,20 @@ impl Points {
 fn points_move(branch: &Branch) -> Result<PointsMove, Error> {
     let m: PointsMove = branch.json()?;
     if m.points <= 0 {
-        return Err(Error::BadPayload(format!("points must be positive, got {}", m.points)));
+        return Err(Error::BadPayload(format!(
+            "points must be positive, got {}",
+            m.points
+        )));
     }
     Ok(m)
 }
 
 async fn update(conn: &mut AnyConnection, sql: &'static str, m: &PointsMove) -> Result<u64, Error> {
-    let done = sqlx::query(sql).bind(m.points).bind(m.user_id).execute(conn).await?;
+    let done = sqlx::query(sql)
+        .bind(m.points)
+        .bind(m.user_id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -209,7 +223,10 @@ impl Participant for Points {
             "reward" => {
                 let sql = "UPDATE points_account SET pending = pending + $1 WHERE user_id = $2";
                 match update(conn, sql, &m).await? {
-                    0 => Err(Error::refuse(format!("no points account for user {}", m.user_id))),
+                    0 => Err(Error::refuse(format!(
+                        "no points account for user {}",
+                        m.user_id
+                    ))),
                     _ => Ok(()),
                 }
             }
@@ -224,10 +241,16 @@ impl Participant for Points {
                 .fetch_all(conn)
                 .await?;
                 if !logged.iter().any(|t| t == "pay") {
-                    return Err(Error::refuse(format!("no points payment of {} for {}", m.points, m.out_trade_no)));
+                    return Err(Error::refuse(format!(
+                        "no points payment of {} for {}",
+                        m.points, m.out_trade_no
+                    )));
                 }
                 if logged.iter().any(|t| t == "refund") {
-                    return Err(Error::refuse(format!("{} is already refunded", m.out_trade_no)));
+                    return Err(Error::refuse(format!(
+                        "{} is already refunded",
+                        m.out_trade_no
+                    )));
                 }
                 Ok(())
             }
@@ -239,7 +262,12 @@ impl Participant for Points {
         let m = points_move(branch)?;
         match branch.action.as_str() {
             "pay" => {
-                update(conn, "UPDATE points_account SET frozen = frozen - $1 WHERE user_id = $2", &m).await?;
+                update(
+                    conn,
+                    "UPDATE points_account SET frozen = frozen - $1 WHERE user_id = $2",
+                    &m,
+                )
+                .await?;
                 log(conn, "pay", &m).await.map(drop)
             }
             "reward" => {
@@ -250,7 +278,12 @@ impl Participant for Points {
             }
             "refund" => {
                 if log(conn, "refund", &m).await? {
-                    update(conn, "UPDATE points_account SET usable = usable + $1 WHERE user_id = $2", &m).await?;
+                    update(
+                        conn,
+                        "UPDATE points_account SET usable = usable + $1 WHERE user_id = $2",
+                        &m,
+                    )
+                    .await?;
                 }
                 Ok(())
             }
@@ -261,7 +294,9 @@ impl Participant for Points {
     async fn cancel(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let m = points_move(branch)?;
         let sql = match branch.action.as_str() {
-            "pay" => "UPDATE points_account SET usable = usable + $1, frozen = frozen - $1 WHERE user_id = $2",
+            "pay" => {
+                "UPDATE points_account SET usable = usable + $1, frozen = frozen - $1 WHERE user_id = $2"
+            }
             "reward" => "UPDATE points_account SET pending = pending - $1 WHERE user_id = $2",
             // A refund's Try changed nothing.
             "refund" => return Ok(()),

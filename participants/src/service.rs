@@ -5,7 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use settle::{Barrier, barrier, db::{Database, Dialect}};
+use settle::{
+    Barrier, barrier,
+    db::{Database, Dialect},
+};
 use sqlx::migrate::Migrator;
 
 /// Why a service could not be opened or served.

@@ -8,9 +8,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use settle::{Barrier, Participant, server::Serving};
 
-use crate::{
-    inventory::Inventory, order::Orders, payment::Payment, points::Points, service,
-};
+use crate::{inventory::Inventory, order::Orders, payment::Payment, points::Points, service};
 
 /// Name under which the inventory service registers.
 pub const INVENTORY: &str = "inventory";
@@ -59,16 +57,34 @@ pub struct Shop {
 impl Shop {
     /// Opens every service's database from `database` (a template with `{service}`) and
     /// serves each on `host` with a port of its own, registered with `coordinator`.
-    pub async fn start(database: &str, coordinator: &str, host: std::net::IpAddr) -> Result<Shop, service::Error> {
+    pub async fn start(
+        database: &str,
+        coordinator: &str,
+        host: std::net::IpAddr,
+    ) -> Result<Shop, service::Error> {
         let addr = SocketAddr::new(host, 0);
         let inventory = Inventory::open(&database_url(database, INVENTORY)).await?;
         let orders = Orders::open(&database_url(database, ORDER)).await?;
         let payment = Payment::open(&database_url(database, PAYMENT)).await?;
         let points = Points::open(&database_url(database, POINTS)).await?;
         let servers = vec![
-            serve(INVENTORY, inventory.clone(), inventory.barrier(), coordinator, addr).await?,
+            serve(
+                INVENTORY,
+                inventory.clone(),
+                inventory.barrier(),
+                coordinator,
+                addr,
+            )
+            .await?,
             serve(ORDER, orders.clone(), orders.barrier(), coordinator, addr).await?,
-            serve(PAYMENT, payment.clone(), payment.barrier(), coordinator, addr).await?,
+            serve(
+                PAYMENT,
+                payment.clone(),
+                payment.barrier(),
+                coordinator,
+                addr,
+            )
+            .await?,
             serve(POINTS, points.clone(), points.barrier(), coordinator, addr).await?,
         ];
         Ok(Shop {

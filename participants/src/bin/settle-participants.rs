@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use settle_participants::{
-    inventory::Inventory, order::Orders, payment::Payment, points::Points,
+    inventory::Inventory,
+    order::Orders,
+    payment::Payment,
+    points::Points,
     shop::{self, database_url},
 };
 use tracing_subscriber::EnvFilter;
@@ -33,7 +36,11 @@ struct Args {
     #[arg(long, env = "SETTLE_DATABASE", default_value = "sqlite://{service}.db")]
     database: String,
     /// The coordinator to register with.
-    #[arg(long, env = "SETTLE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SETTLE_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
 }
 

@@ -1,0 +1,137 @@
+//! Refunds: buyers purchase, then half of them ask for their money back. Each refund is one
+//! TCC transaction across order, payment and inventory; every refund is also replayed once
+//! (a double click, a retried request), and the replay is refused without a second effect.
+//! Then the shop's invariants are checked: stock, money and points back exactly once.
+//!
+//! ```sh
+//! cargo run --release --example refund -- --buyers 500
+//! ```
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use clap::Parser;
+use futures::StreamExt;
+use settle_participants::{
+    flows::{self, Outcome, Purchase},
+    invariants::Opening,
+};
+use support::Embedded;
+
+/// Runs purchases and refunds and checks the shop's invariants afterwards.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Buyers, each buying one unit.
+    #[arg(long, default_value_t = 500)]
+    buyers: i64,
+    /// Flows in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Run on PostgreSQL: the admin URL on which fresh databases are created.
+    #[arg(long)]
+    postgres: Option<String>,
+}
+
+const SKU: &str = "BOOTS-42";
+const PRICE: i64 = 250;
+
+#[tokio::main]
+async fn main() -> support::Result<()> {
+    let args = Args::parse();
+    let embedded = Embedded::start(args.postgres.as_deref(), "settle_refund").await?;
+    let shop = &embedded.shop;
+    let users: Vec<i64> = (1..=args.buyers).collect();
+    shop.inventory.restock(SKU, args.buyers).await?;
+    shop.payment.open_accounts(&users, 1_000).await?;
+    shop.points.open_accounts(&users, 0).await?;
+    let opening = Opening {
+        money: args.buyers * 1_000,
+        points: 0,
+    };
+
+    let mut committed = Vec::new();
+    let purchases: Vec<_> = futures::stream::iter(users.clone())
+        .map(|user_id| {
+            let client = embedded.client.clone();
+            let purchase = Purchase {
+                user_id,
+                campaign: "spring".to_owned(),
+                sku: SKU.to_owned(),
+                qty: 1,
+                price: PRICE,
+                reward: 5,
+            };
+            async move { flows::purchase(&client, &purchase).await }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    for outcome in purchases {
+        if let Outcome::Done(gid) = outcome? {
+            committed.push(gid);
+        }
+    }
+    println!("purchased    {}", committed.len());
+
+    let orders = shop.orders.all().await?;
+    let to_refund: Vec<_> = orders
+        .iter()
+        .filter(|o| o.user_id % 2 == 0)
+        .cloned()
+        .collect();
+    // Each refund is sent twice, concurrently: exactly one of each pair may take effect.
+    let refunds: Vec<_> =
+        futures::stream::iter(to_refund.iter().flat_map(|o| [o.clone(), o.clone()]))
+            .map(|order| {
+                let client = embedded.client.clone();
+                async move { flows::refund(&client, &order).await }
+            })
+            .buffer_unordered(args.concurrency)
+            .collect()
+            .await;
+    let mut refunded = 0;
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in refunds {
+        match outcome? {
+            Outcome::Done(gid) => {
+                refunded += 1;
+                committed.push(gid);
+            }
+            Outcome::Refused {
+                participant,
+                reason,
+            } => {
+                let reason = reason.split(' ').next_back().unwrap_or_default().to_owned();
+                *refused
+                    .entry(format!("{participant}: …{reason}"))
+                    .or_default() += 1;
+            }
+        }
+    }
+    println!(
+        "refunded     {refunded} of {} orders ({} requests)",
+        to_refund.len(),
+        to_refund.len() * 2
+    );
+    for (reason, n) in &refused {
+        println!("replays      {n:>6}  {reason}");
+    }
+    let stock = shop.inventory.stock(SKU).await?.ok_or("sku vanished")?;
+    let money = shop.payment.totals().await?;
+    println!(
+        "stock        sold {}  available {}   money paid {}  refunded {}",
+        stock.sold, stock.available, money.paid, money.refunded
+    );
+    let exactly_once = refunded == to_refund.len();
+    if !exactly_once {
+        println!(
+            "VIOLATION    {refunded} refunds took effect for {} orders",
+            to_refund.len()
+        );
+    }
+    if !embedded.finish(&committed, opening).await? || !exactly_once {
+        std::process::exit(1);
+    }
+    Ok(())
+}
