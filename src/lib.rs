@@ -73,9 +73,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`client`] (initiator), [`participant`] (the trait), [`barrier`] (idempotency
-//! table), [`server`] (gRPC serving and registration), [`context`] (metadata and tracing),
-//! [`db`] (opening a participant database).
+//! **Saga**: submit ordered steps with compensations in one call, with
+//! `client.saga().step(…).step(…).submit()`; see [`saga`].
+//!
+//! Modules: [`client`] (initiator), [`saga`] (saga builder and saga-only participants),
+//! [`participant`] (the trait), [`barrier`] (idempotency table), [`server`] (gRPC serving and
+//! registration), [`context`] (metadata and tracing), [`db`] (opening a participant
+//! database).
 
 #![warn(missing_docs)]
 
@@ -84,10 +88,12 @@ pub mod client;
 pub mod context;
 pub mod db;
 pub mod participant;
+pub mod saga;
 pub mod server;
 
 pub use barrier::Barrier;
 pub use client::{Client, Transaction};
 pub use participant::{Branch, Participant};
+pub use saga::{Saga, SagaOnly, SagaParticipant};
 pub use server::serve;
 pub use settle_proto as proto;

@@ -57,13 +57,16 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Timeout of one Confirm/Cancel call.
     pub call_timeout: Duration,
+    /// How long a decision or claim owns a transaction. At least twice `call_timeout`, so
+    /// that a healthy owner never loses a transaction in the middle of a round (whose calls
+    /// run concurrently); it is also how long a crashed owner's work waits to be resumed.
+    pub lease: Duration,
 }
 
 impl EngineConfig {
-    /// How long a decision or claim owns a transaction: long enough for a round of calls
-    /// (which run concurrently) and its write, so a healthy owner never loses it mid-round.
+    /// The lease length.
     pub fn lease(&self) -> Duration {
-        (self.call_timeout * 3).max(Duration::from_secs(30))
+        self.lease
     }
 }
 
@@ -139,6 +142,11 @@ impl Engine {
     /// The settings.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Known participants and their channels.
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
     }
 
     fn lease_ms(&self) -> i64 {
@@ -243,6 +251,12 @@ impl Engine {
         };
         let tx = match refusal {
             Refusal::NotFound => return Err(not_found(gid)),
+            // Whatever its status: a finished saga was not committed by a Commit either.
+            Refusal::State(tx) if tx.mode == Mode::Saga => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{gid} is a saga; sagas are not committed by Commit"
+                )));
+            }
             Refusal::State(tx) => tx,
         };
         match tx.status {
@@ -282,6 +296,9 @@ impl Engine {
                 Ok(self.drive_decided(lease, Status::Aborting, wait).await)
             }
             Err(Refusal::NotFound) => Err(not_found(gid)),
+            Err(Refusal::State(tx)) if tx.mode == Mode::Saga => Err(Error::FailedPrecondition(
+                format!("{gid} is a saga; sagas are not aborted by Abort"),
+            )),
             Err(Refusal::State(tx)) => match tx.status {
                 Status::Aborting | Status::Aborted => Ok(tx.status),
                 Status::Committing | Status::Committed => Err(Error::FailedPrecondition(format!(
@@ -449,7 +466,8 @@ impl Engine {
     }
 
     /// Resumes a transaction claimed by the recovery loop: aborts it if it is TRYING past
-    /// its deadline, otherwise runs one round of its phase two.
+    /// its deadline, runs one round of its phase two if decided, and hands a saga to
+    /// [`crate::saga`].
     pub async fn resume(&self, tx: GlobalTx) -> Result<()> {
         match tx.status {
             Status::Trying => {
@@ -490,10 +508,7 @@ impl Engine {
                 .await?;
             }
             Status::Running | Status::Compensating => {
-                return Err(Error::Unimplemented(format!(
-                    "{} is a saga; this coordinator cannot drive sagas",
-                    tx.gid
-                )));
+                crate::saga::resume(self, tx).await?;
             }
             Status::Committed | Status::Aborted => {}
         }

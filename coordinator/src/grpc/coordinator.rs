@@ -4,7 +4,11 @@ use settle_proto::v1::{self as pb, coordinator_server::Coordinator};
 use tonic::{Request, Response, Status};
 use tracing::Span;
 
-use crate::engine::Engine;
+use crate::{
+    engine::Engine,
+    saga::{self, Submission},
+    store::saga::NewStep,
+};
 
 /// The Coordinator gRPC service.
 #[derive(Debug, Clone)]
@@ -106,13 +110,41 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(tx.to_proto(&branches)))
     }
 
-    #[tracing::instrument(name = "submit_saga", skip_all, fields(gid = %request.get_ref().gid))]
+    #[tracing::instrument(name = "submit_saga", skip_all, fields(gid = tracing::field::Empty))]
     async fn submit_saga(
         &self,
         request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("saga mode is not available yet"))
+        let req = request.into_inner();
+        let steps = req
+            .steps
+            .into_iter()
+            .map(|step| NewStep {
+                participant: step.participant,
+                action: step.action,
+                payload: step.payload,
+                // Empty means "send the forward payload again" (settle.v1.SagaStep).
+                compensation: (!step.compensation_payload.is_empty())
+                    .then_some(step.compensation_payload),
+                group: step.group,
+            })
+            .collect();
+        let submitted = saga::submit(
+            &self.engine,
+            Submission {
+                gid: req.gid,
+                steps,
+                timeout_ms: req.timeout_ms,
+                labels: req.labels,
+                wait_ms: req.wait_ms,
+            },
+        )
+        .await?;
+        Span::current().record("gid", submitted.gid.as_str());
+        Ok(Response::new(pb::SubmitSagaResponse {
+            gid: submitted.gid,
+            status: submitted.status.to_proto() as i32,
+        }))
     }
 
     #[tracing::instrument(name = "register_participant", skip_all, fields(participant = %request.get_ref().name))]

@@ -1,0 +1,665 @@
+//! Saga mode (DESIGN.md §3): `RUNNING --all Execute ok--> COMMITTED`, `RUNNING --Execute
+//! refused / deadline--> COMPENSATING --all Compensate ok--> ABORTED`.
+//!
+//! This module validates a submitted saga, has the store persist it whole before anything is
+//! sent, and drives it: Execute on each step in order, the steps of one parallel group
+//! concurrently; on a refusal or a passed deadline, Compensate in reverse order, one group
+//! at a time, on every step that executed or may have executed. Each group's outcome is
+//! recorded in one database transaction under the owner/version lease; a transient failure
+//! releases the saga with the retry policy's delay, and the recovery loop claims it again.
+//! Compensation never gives up: it escalates to `needs_attention` like phase two of TCC.
+//!
+//! The SQL lives in `store::saga`, the wire conversions in `crate::grpc`; claiming due sagas
+//! is the recovery loop's job, which hands them here through [`crate::engine::Engine::resume`].
+
+use std::{collections::HashMap, collections::HashSet, ops::Range};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use settle_proto::v1 as pb;
+use tonic::{Code, metadata::MetadataValue};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    engine::{Engine, Error},
+    id,
+    model::{BranchStatus, GlobalTx, Mode, Status},
+    store::{
+        Escalation, Lease,
+        saga::{NewStep, Recorded, Step, StepOutcome, Then},
+    },
+    validate::{self, Invalid},
+};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A saga as an initiator submits it, not yet validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Submission {
+    /// Client-chosen gid (makes the submission idempotent); empty: generated.
+    pub gid: String,
+    /// The steps, in order.
+    pub steps: Vec<NewStep>,
+    /// Time after which steps not yet executed are compensated instead.
+    pub timeout_ms: u64,
+    /// Free-form labels, visible to operators.
+    pub labels: HashMap<String, String>,
+    /// How long to wait for the saga to finish before answering with the status reached.
+    pub wait_ms: u64,
+}
+
+/// What a submission produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The saga's gid.
+    pub gid: String,
+    /// The status reached within the wait (or the existing saga's status).
+    pub status: Status,
+    /// False when the gid already existed and this submission returned it.
+    pub created: bool,
+}
+
+/// How a run of the driver ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driven {
+    /// The saga reached COMMITTED or ABORTED.
+    Finished(Status),
+    /// A call failed transiently; the saga was released for a later attempt.
+    Rescheduled {
+        /// RUNNING or COMPENSATING.
+        status: Status,
+        /// Unfinished rounds so far.
+        attempts: i64,
+        /// The escalation flag after this round.
+        needs_attention: bool,
+    },
+    /// Another instance owns the saga now; this run stopped without writing.
+    LostLease,
+}
+
+/// Validates and persists a saga, then drives it in its own task, answering with the status
+/// reached within `wait_ms` — or earlier, when a call fails transiently and the saga is
+/// left to the recovery loop. A submission with the gid of an existing saga returns that
+/// saga's status and changes nothing.
+pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted> {
+    let Submission {
+        gid,
+        steps,
+        timeout_ms,
+        labels,
+        wait_ms,
+    } = submission;
+    let gid = if gid.is_empty() {
+        id::new_gid()
+    } else {
+        validate::gid(&gid)?;
+        gid
+    };
+    validate::timeout(timeout_ms)?;
+    validate::labels(&labels)?;
+    let wait = validate::wait(wait_ms)?;
+    validate_steps(engine, &steps).await?;
+
+    let lease_ms = lease_ms(engine);
+    let labels = labels.into_iter().collect();
+    let (tx, created) = engine
+        .store()
+        .submit_saga(
+            &gid,
+            &steps,
+            timeout_ms as i64,
+            &labels,
+            engine.instance(),
+            lease_ms,
+        )
+        .await?;
+    if tx.mode != Mode::Saga {
+        return Err(Error::FailedPrecondition(format!(
+            "gid {gid} belongs to a TCC transaction, not a saga"
+        )));
+    }
+    if !created {
+        return Ok(Submitted {
+            gid,
+            status: tx.status,
+            created: false,
+        });
+    }
+    info!(%gid, steps = steps.len(), deadline = tx.deadline, "saga submitted");
+    let lease = Lease {
+        gid: gid.clone(),
+        owner: engine.instance().to_owned(),
+        version: tx.version,
+    };
+    // The first run goes in its own task so that it completes even if the caller goes away.
+    let driver = engine.clone();
+    let span = info_span!("saga", %gid);
+    let run = tokio::spawn(async move { run_logged(&driver, lease, false).await }.instrument(span));
+    let status = match tokio::time::timeout(wait, run).await {
+        Ok(Ok(Some(Driven::Finished(status)))) => status,
+        Ok(Ok(Some(Driven::Rescheduled { status, .. }))) => status,
+        // Still running, or the run stopped early: the saga is stored and recovery will
+        // go on with it, so the answer only reports where it stands.
+        _ => match engine.store().get(&gid).await {
+            Ok(Some(now)) => now.status,
+            _ => Status::Running,
+        },
+    };
+    Ok(Submitted {
+        gid,
+        status,
+        created: true,
+    })
+}
+
+async fn validate_steps(engine: &Engine, steps: &[NewStep]) -> Result<()> {
+    let limits = engine.config().limits;
+    if steps.is_empty() || steps.len() > limits.max_branches as usize {
+        return Err(Invalid(format!(
+            "a saga has 1 to {} steps; {} given",
+            limits.max_branches,
+            steps.len()
+        ))
+        .into());
+    }
+    let in_step = |n: usize, e: Invalid| Invalid(format!("step {n}: {}", e.0));
+    for (n, step) in (1..).zip(steps) {
+        validate::participant(&step.participant).map_err(|e| in_step(n, e))?;
+        validate::action(&step.action).map_err(|e| in_step(n, e))?;
+        validate::payload(&step.payload, limits.max_payload).map_err(|e| in_step(n, e))?;
+        if let Some(compensation) = &step.compensation {
+            validate::payload(compensation, limits.max_payload)
+                .map_err(|e| in_step(n, Invalid(format!("compensation {}", e.0))))?;
+        }
+    }
+    let mut checked = HashSet::new();
+    for step in steps {
+        if checked.insert(step.participant.as_str())
+            && engine
+                .directory()
+                .resolve(&step.participant)
+                .await?
+                .is_none()
+        {
+            return Err(Error::NotFound(format!(
+                "unknown participant {:?}",
+                step.participant
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Drives a saga the recovery loop claimed (RUNNING or COMPENSATING) until it finishes, a
+/// call fails transiently, or the lease is lost.
+pub async fn resume(engine: &Engine, tx: GlobalTx) -> Result<Driven> {
+    let lease = Lease {
+        gid: tx.gid,
+        owner: tx.owner.unwrap_or_default(),
+        version: tx.version,
+    };
+    run(engine, lease, tx.needs_attention).await
+}
+
+async fn run_logged(engine: &Engine, lease: Lease, flagged: bool) -> Option<Driven> {
+    match run(engine, lease, flagged).await {
+        Ok(driven) => Some(driven),
+        Err(error) => {
+            warn!(%error, "driving the saga failed; the recovery loop resumes it");
+            None
+        }
+    }
+}
+
+fn lease_ms(engine: &Engine) -> i64 {
+    engine.config().lease().as_millis() as i64
+}
+
+/// Runs group after group while this instance holds the lease. `flagged` is whether the
+/// saga was already marked `needs_attention`, so that escalation is logged once.
+async fn run(engine: &Engine, lease: Lease, flagged: bool) -> Result<Driven> {
+    let store = engine.store();
+    let lease_ms = lease_ms(engine);
+    let retry = &engine.config().retry;
+    let escalation = Escalation {
+        after_attempts: i64::from(retry.attention_after_attempts),
+        after_ms: retry.attention_after.as_millis() as i64,
+    };
+    let Some(mut renewed) = store.renew_saga(&lease, lease_ms).await? else {
+        warn!(gid = %lease.gid, "saga lease lost before driving it");
+        return Ok(Driven::LostLease);
+    };
+    loop {
+        let steps = store.saga_steps(&lease.gid).await?;
+        let (outcomes, then) = match plan(renewed.status, &steps) {
+            Plan::Commit => (Vec::new(), Then::Commit),
+            Plan::Abort => (Vec::new(), Then::Abort),
+            Plan::Execute { .. } if renewed.deadline_passed => (
+                Vec::new(),
+                Then::Compensate {
+                    reason: "deadline passed".to_owned(),
+                },
+            ),
+            Plan::Execute { group, last } => {
+                let outcomes = call_group(engine, Op::Execute, &group).await;
+                let then = after_execute(&group, &outcomes, last, escalation);
+                (outcomes, then)
+            }
+            Plan::Compensate { group, last } => {
+                let outcomes = call_group(engine, Op::Compensate, &group).await;
+                let then = after_compensate(&outcomes, last, escalation);
+                (outcomes, then)
+            }
+        };
+        match store
+            .record_saga_group(&lease, &outcomes, &then, lease_ms)
+            .await?
+        {
+            Recorded::Holding(next) => {
+                if let Then::Compensate { reason } = &then {
+                    info!(gid = %lease.gid, reason, "compensation decided");
+                }
+                renewed = next;
+            }
+            Recorded::Finished(status) => {
+                info!(gid = %lease.gid, %status, "saga finished");
+                return Ok(Driven::Finished(status));
+            }
+            Recorded::Rescheduled {
+                status,
+                attempts,
+                needs_attention,
+            } => {
+                if needs_attention && !flagged {
+                    warn!(gid = %lease.gid, attempts, "compensation keeps failing; flagged needs_attention");
+                }
+                return Ok(Driven::Rescheduled {
+                    status,
+                    attempts,
+                    needs_attention,
+                });
+            }
+            Recorded::LostLease => {
+                warn!(gid = %lease.gid, "saga lease lost to another instance; group not recorded");
+                return Ok(Driven::LostLease);
+            }
+        }
+    }
+}
+
+/// What a forward group's outcomes lead to: the first refusal starts compensation (a step
+/// of the group that failed transiently may have executed, and is compensated with it);
+/// otherwise a failure is retried; otherwise the saga goes on, or commits after the last.
+fn after_execute(
+    group: &[&Step],
+    outcomes: &[(u32, StepOutcome)],
+    last: bool,
+    escalation: Escalation,
+) -> Then {
+    let refusal = outcomes.iter().find_map(|(id, outcome)| match outcome {
+        StepOutcome::Refused(reason) => Some((*id, reason)),
+        _ => None,
+    });
+    if let Some((id, reason)) = refusal {
+        let participant = group
+            .iter()
+            .find(|s| s.branch.branch_id == id)
+            .map_or("", |s| s.branch.participant.as_str());
+        return Then::Compensate {
+            reason: format!("step {id} ({participant}) refused: {reason}"),
+        };
+    }
+    match retry_in(outcomes) {
+        Some(retry_in_ms) => Then::Retry {
+            retry_in_ms,
+            escalation,
+        },
+        None if last => Then::Commit,
+        None => Then::Continue,
+    }
+}
+
+/// What a compensation group's outcomes lead to: a failure is retried; otherwise the
+/// previous group is compensated, or the saga aborts after the first.
+fn after_compensate(outcomes: &[(u32, StepOutcome)], last: bool, escalation: Escalation) -> Then {
+    match retry_in(outcomes) {
+        Some(retry_in_ms) => Then::Retry {
+            retry_in_ms,
+            escalation,
+        },
+        None if last => Then::Abort,
+        None => Then::Continue,
+    }
+}
+
+/// The delay before the group is tried again: the longest of its failed steps'.
+fn retry_in(outcomes: &[(u32, StepOutcome)]) -> Option<i64> {
+    outcomes
+        .iter()
+        .filter_map(|(_, outcome)| match outcome {
+            StepOutcome::Failed { retry_in_ms, .. } => Some(*retry_in_ms),
+            _ => None,
+        })
+        .max()
+}
+
+/// The next thing to do with a saga, from its status and its steps alone.
+#[derive(Debug)]
+enum Plan<'a> {
+    /// Execute these steps (one group) concurrently; `last` when no group follows.
+    Execute { group: Vec<&'a Step>, last: bool },
+    /// Compensate these steps (one group) concurrently; `last` when no earlier group
+    /// needs compensation.
+    Compensate { group: Vec<&'a Step>, last: bool },
+    /// Every step executed.
+    Commit,
+    /// Every step that may have executed is compensated.
+    Abort,
+}
+
+/// Plans a RUNNING saga forward and any other (the store hands out only COMPENSATING
+/// besides) backward.
+fn plan(status: Status, steps: &[Step]) -> Plan<'_> {
+    let groups = groups(steps);
+    let done = |s: &Step| {
+        matches!(
+            s.branch.status,
+            BranchStatus::Executed | BranchStatus::Resolved
+        )
+    };
+    if status == Status::Running {
+        let Some(next) = groups
+            .iter()
+            .position(|g| !steps[g.clone()].iter().all(done))
+        else {
+            return Plan::Commit;
+        };
+        let last = groups[next + 1..]
+            .iter()
+            .all(|g| steps[g.clone()].iter().all(done));
+        let group = steps[groups[next].clone()]
+            .iter()
+            .filter(|s| s.branch.status == BranchStatus::Pending)
+            .collect();
+        return Plan::Execute { group, last };
+    }
+    // Forward progress stops at the first group with a pending step, the frontier: its
+    // steps may have been sent (a call can succeed after it timed out, or the coordinator
+    // can stop before recording an answer), later ones never were. Compensate on a step
+    // whose Execute never ran is an empty compensation for the participant's barrier, and
+    // it also blocks that Execute should it still arrive. The frontier counts only while
+    // every group before it is still fully executed: compensation starts at the frontier
+    // and walks back, so once an earlier group is compensated, the first group with a
+    // pending step is one that was never sent.
+    let frontier = groups
+        .iter()
+        .position(|g| {
+            steps[g.clone()]
+                .iter()
+                .any(|s| s.branch.status == BranchStatus::Pending)
+        })
+        .filter(|&f| {
+            groups[..f]
+                .iter()
+                .all(|g| steps[g.clone()].iter().all(done))
+        });
+    let owed = |index: usize, step: &Step| match step.branch.status {
+        BranchStatus::Executed => true,
+        BranchStatus::Pending => frontier == Some(index),
+        _ => false,
+    };
+    let mut owing = groups
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, g)| {
+            steps[g.clone()]
+                .iter()
+                .filter(|s| owed(index, s))
+                .collect::<Vec<_>>()
+        })
+        .filter(|group| !group.is_empty());
+    match owing.next() {
+        Some(group) => Plan::Compensate {
+            group,
+            last: owing.next().is_none(),
+        },
+        None => Plan::Abort,
+    }
+}
+
+/// The steps' groups, as index ranges in order: consecutive steps with the same non-zero
+/// group form one, every other step is a group of its own.
+fn groups(steps: &[Step]) -> Vec<Range<usize>> {
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        match groups.last_mut() {
+            Some(last) if step.group != 0 && steps[last.start].group == step.group => {
+                last.end = index + 1;
+            }
+            _ => groups.push(index..index + 1),
+        }
+    }
+    groups
+}
+
+/// A saga call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Execute,
+    Compensate,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Execute => "execute",
+            Op::Compensate => "compensate",
+        }
+    }
+}
+
+/// Calls `op` on every step of a group concurrently and classifies the answers.
+async fn call_group(engine: &Engine, op: Op, group: &[&Step]) -> Vec<(u32, StepOutcome)> {
+    let retry = &engine.config().retry;
+    let calls = group.iter().map(|step| async move {
+        let branch = &step.branch;
+        let outcome = match call(engine, op, step).await {
+            Ok(()) => StepOutcome::Done(match op {
+                Op::Execute => BranchStatus::Executed,
+                Op::Compensate => BranchStatus::Compensated,
+            }),
+            // Only a forward step may refuse; a refused Compensate is retried like any
+            // other failure, since compensation must not give up.
+            Err(status) if status.code() == Code::Aborted && op == Op::Execute => {
+                info!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, reason = status.message(), "step refused");
+                StepOutcome::Refused(status.message().to_owned())
+            }
+            Err(status) => {
+                let error = format!("{} failed: {:?}: {}", op.as_str(), status.code(), status.message());
+                warn!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, %error, "saga call failed");
+                let attempts = u32::try_from(branch.attempts).unwrap_or(u32::MAX);
+                StepOutcome::Failed {
+                    error,
+                    retry_in_ms: retry.delay(attempts).as_millis() as i64,
+                }
+            }
+        };
+        (branch.branch_id, outcome)
+    });
+    join_all(calls).await
+}
+
+/// One Execute or Compensate call. Errors that are not the participant's answer (unknown
+/// participant, timeout) come back as UNAVAILABLE, so that they are retried.
+async fn call(engine: &Engine, op: Op, step: &Step) -> Result<(), tonic::Status> {
+    let branch = &step.branch;
+    let resolved = match engine.directory().resolve(&branch.participant).await {
+        Ok(Some(resolved)) => resolved,
+        Ok(None) => {
+            return Err(tonic::Status::unavailable(format!(
+                "participant {:?} is not registered",
+                branch.participant
+            )));
+        }
+        Err(e) => {
+            return Err(tonic::Status::unavailable(format!(
+                "directory lookup failed: {e}"
+            )));
+        }
+    };
+    let payload: Bytes = match (op, &step.compensation) {
+        (Op::Compensate, Some(compensation)) => compensation.clone(),
+        _ => branch.payload.clone(),
+    };
+    let timeout = engine.config().call_timeout;
+    let mut request = tonic::Request::new(pb::BranchRequest {
+        gid: branch.gid.clone(),
+        branch_id: branch.branch_id,
+        action: branch.action.clone(),
+        payload,
+    });
+    request.set_timeout(timeout);
+    let metadata = request.metadata_mut();
+    if let Ok(gid) = MetadataValue::try_from(branch.gid.as_str()) {
+        metadata.insert("settle-gid", gid);
+    }
+    metadata.insert("settle-branch-id", MetadataValue::from(branch.branch_id));
+    metadata.insert("settle-op", MetadataValue::from_static(op.as_str()));
+    let mut client = resolved.client;
+    let answer = async {
+        match op {
+            Op::Execute => client.execute(request).await,
+            Op::Compensate => client.compensate(request).await,
+        }
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(tonic::Status::unavailable(format!(
+            "timed out after {timeout:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Branch;
+
+    fn step(id: u32, group: u32, status: BranchStatus) -> Step {
+        Step {
+            branch: Branch {
+                gid: "g".to_owned(),
+                branch_id: id,
+                participant: format!("p{id}"),
+                action: String::new(),
+                payload: Bytes::new(),
+                status,
+                attempts: 0,
+                last_error: None,
+                next_attempt_at: None,
+            },
+            compensation: None,
+            group,
+        }
+    }
+
+    fn ids(group: &[&Step]) -> Vec<u32> {
+        group.iter().map(|s| s.branch.branch_id).collect()
+    }
+
+    fn planned(status: Status, steps: &[Step]) -> (&'static str, Vec<u32>, bool) {
+        match plan(status, steps) {
+            Plan::Execute { group, last } => ("execute", ids(&group), last),
+            Plan::Compensate { group, last } => ("compensate", ids(&group), last),
+            Plan::Commit => ("commit", vec![], true),
+            Plan::Abort => ("abort", vec![], true),
+        }
+    }
+
+    use BranchStatus::{Compensated as C, Executed as E, Pending as P};
+
+    #[test]
+    fn groups_join_consecutive_equal_non_zero_groups_only() {
+        let steps = [
+            step(1, 0, P),
+            step(2, 0, P),
+            step(3, 5, P),
+            step(4, 5, P),
+            step(5, 6, P),
+            step(6, 5, P),
+        ];
+        assert_eq!(groups(&steps), vec![0..1, 1..2, 2..4, 4..5, 5..6]);
+    }
+
+    #[test]
+    fn forward_runs_the_first_unfinished_group() {
+        let steps = [step(1, 0, E), step(2, 3, E), step(3, 3, P), step(4, 0, P)];
+        assert_eq!(
+            planned(Status::Running, &steps),
+            ("execute", vec![3], false)
+        );
+        let steps = [step(1, 0, E), step(2, 3, P), step(3, 3, P)];
+        assert_eq!(
+            planned(Status::Running, &steps),
+            ("execute", vec![2, 3], true)
+        );
+        let steps = [step(1, 0, E), step(2, 0, E)];
+        assert_eq!(planned(Status::Running, &steps).0, "commit");
+    }
+
+    #[test]
+    fn compensation_starts_at_the_frontier_and_walks_back() {
+        // Step 3 refused: it and the executed ones are owed, step 4 never ran.
+        let mut steps = vec![step(1, 0, E), step(2, 0, E), step(3, 0, P), step(4, 0, P)];
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![3], false)
+        );
+        steps[2].branch.status = C;
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![2], false)
+        );
+        steps[1].branch.status = C;
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![1], true)
+        );
+        steps[0].branch.status = C;
+        assert_eq!(planned(Status::Compensating, &steps).0, "abort");
+    }
+
+    #[test]
+    fn a_parallel_frontier_is_compensated_whole() {
+        // Step 3 executed, step 2 failed or refused: both are owed, together.
+        let mut steps = vec![step(1, 0, E), step(2, 7, P), step(3, 7, E), step(4, 0, P)];
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![2, 3], false)
+        );
+        // Only step 2 went through: step 3 is compensated again, nothing else changes.
+        steps[1].branch.status = C;
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![3], false)
+        );
+        steps[2].branch.status = C;
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![1], true)
+        );
+    }
+
+    #[test]
+    fn nothing_executed_means_only_the_first_group_is_owed() {
+        let steps = [step(1, 0, P), step(2, 0, P)];
+        assert_eq!(
+            planned(Status::Compensating, &steps),
+            ("compensate", vec![1], true)
+        );
+        let steps = [step(1, 0, C), step(2, 0, P)];
+        assert_eq!(planned(Status::Compensating, &steps).0, "abort");
+    }
+}

@@ -1,0 +1,1140 @@
+//! Saga mode end to end, each test on SQLite and PostgreSQL: forward steps in order,
+//! compensation in reverse after a refusal or the deadline, retries across a participant
+//! outage and a coordinator restart, parallel groups, input rules, the lease fence, and —
+//! through the SDK's barrier on a real table — duplicate and out-of-order deliveries.
+//!
+//! Most participants are one recording tonic server registered under several names, so that
+//! a single log holds the order of every call; the business-data test uses SDK participants.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{Backend, TestDb, client, code, get, start_coordinator, test_config, wait_for_status};
+use serde::{Deserialize, Serialize};
+use settle::{
+    Barrier, Branch, SagaOnly, SagaParticipant, db::Database, participant::Error as StepError,
+    saga::Step,
+};
+use settle_proto::v1::{
+    self as pb,
+    coordinator_client::CoordinatorClient,
+    participant_client::ParticipantClient,
+    participant_server::{Participant, ParticipantServer},
+};
+use sqlx::{AnyConnection, Row};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status, transport::Channel};
+
+/// One call the log received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    op: &'static str,
+    gid: String,
+    branch_id: u32,
+    payload: Vec<u8>,
+    op_header: Option<String>,
+}
+
+/// How the log answers a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    /// A business refusal (ABORTED).
+    Refuse,
+    /// A transient failure (UNAVAILABLE).
+    Fail,
+}
+
+/// A participant server that records every call in one ordered log and answers per
+/// (op, branch id). Calls of a rendezvous op on its branches wait until all of them are in
+/// flight at once, which only happens when the coordinator sends them concurrently.
+#[derive(Clone)]
+struct Log {
+    url: String,
+    calls: Arc<watch::Sender<Vec<Call>>>,
+    answers: Arc<Mutex<HashMap<(&'static str, u32), Answer>>>,
+    rendezvous: Arc<Mutex<HashMap<&'static str, HashSet<u32>>>>,
+    in_flight: Arc<watch::Sender<HashMap<&'static str, usize>>>,
+    missed: Arc<Mutex<Vec<(&'static str, u32)>>>,
+}
+
+impl Log {
+    async fn start() -> Log {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let log = Log {
+            url: format!("http://{}", listener.local_addr().expect("addr")),
+            calls: Arc::new(watch::channel(Vec::new()).0),
+            answers: Arc::default(),
+            rendezvous: Arc::default(),
+            in_flight: Arc::new(watch::channel(HashMap::new()).0),
+            missed: Arc::default(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ParticipantServer::new(log.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        log
+    }
+
+    /// Registers the log with the coordinator as `p1` … `pN`.
+    async fn register(&self, c: &mut CoordinatorClient<Channel>, n: u32) {
+        for i in 1..=n {
+            c.register_participant(pb::RegisterParticipantRequest {
+                name: format!("p{i}"),
+                endpoint: self.url.clone(),
+            })
+            .await
+            .expect("register participant");
+        }
+    }
+
+    fn answer(&self, op: &'static str, branch_id: u32, answer: Answer) {
+        self.answers
+            .lock()
+            .expect("answers")
+            .insert((op, branch_id), answer);
+    }
+
+    fn meet(&self, op: &'static str, branch_ids: &[u32]) {
+        self.rendezvous
+            .lock()
+            .expect("rendezvous")
+            .insert(op, branch_ids.iter().copied().collect());
+    }
+
+    /// (op, branch id) of every call for `gid`, in arrival order.
+    fn of(&self, gid: &str) -> Vec<(&'static str, u32)> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.gid == gid)
+            .map(|c| (c.op, c.branch_id))
+            .collect()
+    }
+
+    fn count(&self, gid: &str, op: &str, branch_id: u32) -> usize {
+        self.of(gid)
+            .into_iter()
+            .filter(|&(o, b)| o == op && b == branch_id)
+            .count()
+    }
+
+    async fn wait_until(&self, what: &str, mut pred: impl FnMut(&[Call]) -> bool) {
+        let mut rx = self.calls.subscribe();
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|calls| pred(calls)))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}; calls: {:?}", self.calls()))
+            .expect("log alive");
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    async fn handle(
+        &self,
+        op: &'static str,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        let op_header = request
+            .metadata()
+            .get("settle-op")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let req = request.into_inner();
+        self.calls.send_modify(|calls| {
+            calls.push(Call {
+                op,
+                gid: req.gid.clone(),
+                branch_id: req.branch_id,
+                payload: req.payload.to_vec(),
+                op_header,
+            })
+        });
+        let meeting = self
+            .rendezvous
+            .lock()
+            .expect("rendezvous")
+            .get(op)
+            .filter(|ids| ids.contains(&req.branch_id))
+            .map(HashSet::len);
+        if let Some(expected) = meeting {
+            self.in_flight
+                .send_modify(|n| *n.entry(op).or_default() += 1);
+            let mut rx = self.in_flight.subscribe();
+            // Shorter than the coordinator's call timeout, so a miss is reported here.
+            let met = tokio::time::timeout(
+                Duration::from_millis(1500),
+                rx.wait_for(|n| n.get(op).copied().unwrap_or(0) >= expected),
+            )
+            .await
+            .is_ok();
+            if !met {
+                self.missed
+                    .lock()
+                    .expect("missed")
+                    .push((op, req.branch_id));
+                return Err(Status::unavailable("rendezvous missed"));
+            }
+        }
+        let answer = self
+            .answers
+            .lock()
+            .expect("answers")
+            .get(&(op, req.branch_id))
+            .copied();
+        match answer {
+            None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
+            Some(Answer::Refuse) => Err(Status::aborted("refused by the test")),
+            Some(Answer::Fail) => Err(Status::unavailable("down for the test")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for Log {
+    async fn r#try(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle("try", request).await
+    }
+    async fn confirm(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle("confirm", request).await
+    }
+    async fn cancel(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle("cancel", request).await
+    }
+    async fn execute(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle("execute", request).await
+    }
+    async fn compensate(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.handle("compensate", request).await
+    }
+}
+
+/// Step `i` on participant `p{i}`, payload `do-{i}`.
+fn step(i: u32, group: u32) -> pb::SagaStep {
+    pb::SagaStep {
+        participant: format!("p{i}"),
+        action: "act".to_owned(),
+        payload: format!("do-{i}").into_bytes().into(),
+        compensation_payload: Default::default(),
+        group,
+    }
+}
+
+fn sequential(n: u32) -> Vec<pb::SagaStep> {
+    (1..=n).map(|i| step(i, 0)).collect()
+}
+
+async fn submit(
+    c: &mut CoordinatorClient<Channel>,
+    gid: &str,
+    steps: Vec<pb::SagaStep>,
+    timeout_ms: u64,
+    wait_ms: u64,
+) -> Result<pb::SubmitSagaResponse, Status> {
+    c.submit_saga(pb::SubmitSagaRequest {
+        gid: gid.to_owned(),
+        steps,
+        timeout_ms,
+        labels: HashMap::new(),
+        wait_ms,
+    })
+    .await
+    .map(Response::into_inner)
+}
+
+fn statuses(tx: &pb::Transaction) -> Vec<pb::BranchStatus> {
+    tx.branches.iter().map(pb::Branch::status).collect()
+}
+
+async fn all_steps_execute_once_in_order_and_commit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 3).await;
+
+    let submitted = submit(&mut c, "saga-ok", sequential(3), 30_000, 10_000)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.gid, "saga-ok");
+    assert_eq!(submitted.status(), pb::Status::Committed);
+    assert_eq!(
+        log.of("saga-ok"),
+        [("execute", 1), ("execute", 2), ("execute", 3)]
+    );
+    let calls = log.calls();
+    for (i, call) in (1..).zip(&calls) {
+        assert_eq!(call.payload, format!("do-{i}").into_bytes());
+        assert_eq!(call.op_header.as_deref(), Some("execute"));
+    }
+
+    let tx = get(&mut c, "saga-ok").await;
+    assert_eq!(tx.mode(), pb::Mode::Saga);
+    assert_eq!(tx.status(), pb::Status::Committed);
+    assert_eq!(tx.next_attempt_at_ms, 0, "nothing left to schedule");
+    assert_eq!(statuses(&tx), [pb::BranchStatus::Executed; 3]);
+    let participants: Vec<&str> = tx.branches.iter().map(|b| b.participant.as_str()).collect();
+    assert_eq!(participants, ["p1", "p2", "p3"]);
+
+    // A generated gid works the same way.
+    let generated = submit(&mut c, "", sequential(1), 30_000, 10_000)
+        .await
+        .expect("submit");
+    assert_eq!(generated.gid.len(), 26);
+    assert_eq!(generated.status(), pb::Status::Committed);
+    coordinator.stop().await.expect("stop");
+}
+both!(all_steps_execute_once_in_order_and_commit);
+
+async fn a_refused_step_compensates_the_earlier_ones_in_reverse(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 4).await;
+    log.answer("execute", 3, Answer::Refuse);
+
+    let mut steps = sequential(4);
+    steps[0].compensation_payload = b"undo-1".to_vec().into();
+    let submitted = submit(&mut c, "saga-refused", steps, 30_000, 10_000)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), pb::Status::Aborted);
+    // The refused step gets a Compensate too: its Execute rolled back its own barrier row,
+    // so it is an empty compensation, and it blocks that Execute should it arrive again.
+    assert_eq!(
+        log.of("saga-refused"),
+        [
+            ("execute", 1),
+            ("execute", 2),
+            ("execute", 3),
+            ("compensate", 3),
+            ("compensate", 2),
+            ("compensate", 1),
+        ],
+        "step 4 is never called"
+    );
+    let payload_of = |branch_id| {
+        log.calls()
+            .into_iter()
+            .find(|c| c.op == "compensate" && c.branch_id == branch_id)
+            .expect("compensate call")
+    };
+    assert_eq!(payload_of(1).payload, b"undo-1", "the compensation payload");
+    assert_eq!(payload_of(2).payload, b"do-2", "the forward payload again");
+    assert_eq!(payload_of(2).op_header.as_deref(), Some("compensate"));
+
+    let tx = get(&mut c, "saga-refused").await;
+    assert_eq!(tx.status(), pb::Status::Aborted);
+    assert!(tx.reason.contains("refused"), "reason: {}", tx.reason);
+    assert!(
+        tx.reason.contains("p3"),
+        "reason names the step: {}",
+        tx.reason
+    );
+    use pb::BranchStatus::{Compensated, Pending};
+    assert_eq!(
+        statuses(&tx),
+        [Compensated, Compensated, Compensated, Pending]
+    );
+    assert!(tx.branches[2].last_error.contains("refused"));
+    coordinator.stop().await.expect("stop");
+}
+both!(a_refused_step_compensates_the_earlier_ones_in_reverse);
+
+async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.retry.attention_after_attempts = 2;
+    let coordinator = start_coordinator(config).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 3).await;
+    log.answer("execute", 3, Answer::Refuse);
+    log.answer("compensate", 1, Answer::Fail);
+
+    let submitted = submit(&mut c, "saga-down", sequential(3), 30_000, 0)
+        .await
+        .expect("submit");
+    assert!(
+        matches!(
+            submitted.status(),
+            pb::Status::Running | pb::Status::Compensating
+        ),
+        "{:?}",
+        submitted.status()
+    );
+    log.wait_until("three failed compensations of step 1", |calls| {
+        calls
+            .iter()
+            .filter(|c| c.op == "compensate" && c.branch_id == 1)
+            .count()
+            >= 3
+    })
+    .await;
+    let tx = get(&mut c, "saga-down").await;
+    assert_eq!(tx.status(), pb::Status::Compensating);
+    assert!(tx.next_attempt_at_ms > 0, "a retry is scheduled");
+    assert!(tx.needs_attention, "compensation escalates like phase two");
+    assert!(tx.branches[0].attempts >= 2, "{:?}", tx.branches[0]);
+    assert!(
+        tx.branches[0].last_error.contains("Unavailable"),
+        "{:?}",
+        tx.branches[0]
+    );
+    use pb::BranchStatus::{Compensated, Executed};
+    assert_eq!(statuses(&tx), [Executed, Compensated, Compensated]);
+
+    log.answer("compensate", 1, Answer::Ok);
+    let tx = wait_for_status(&mut c, "saga-down", pb::Status::Aborted).await;
+    assert_eq!(statuses(&tx), [Compensated; 3]);
+    let order = log.of("saga-down");
+    let first_of_1 = order
+        .iter()
+        .position(|&call| call == ("compensate", 1))
+        .expect("compensated");
+    let of_2 = order
+        .iter()
+        .position(|&call| call == ("compensate", 2))
+        .expect("compensated");
+    assert!(
+        of_2 < first_of_1,
+        "reverse order kept across retries: {order:?}"
+    );
+    assert_eq!(log.count("saga-down", "compensate", 2), 1);
+    assert_eq!(log.count("saga-down", "compensate", 3), 1);
+    coordinator.stop().await.expect("stop");
+}
+both!(a_participant_down_during_compensation_gets_it_when_back);
+
+async fn a_coordinator_restart_mid_saga_resumes_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.retry.attention_after_attempts = 1;
+    let coordinator = start_coordinator(config.clone()).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 3).await;
+    log.answer("execute", 2, Answer::Fail);
+
+    let submitted = submit(&mut c, "saga-restart", sequential(3), 60_000, 0)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), pb::Status::Running);
+    log.wait_until("step 2 failing twice", |calls| {
+        calls
+            .iter()
+            .filter(|c| c.op == "execute" && c.branch_id == 2)
+            .count()
+            >= 2
+    })
+    .await;
+    let tx = get(&mut c, "saga-restart").await;
+    assert_eq!(tx.status(), pb::Status::Running);
+    assert!(
+        !tx.needs_attention,
+        "forward steps are bounded by the deadline, not escalated"
+    );
+    coordinator.stop().await.expect("stop");
+
+    log.answer("execute", 2, Answer::Ok);
+    let restarted = start_coordinator(config).await;
+    let mut c = client(&restarted.url()).await;
+    let tx = wait_for_status(&mut c, "saga-restart", pb::Status::Committed).await;
+    assert_eq!(statuses(&tx), [pb::BranchStatus::Executed; 3]);
+    assert!(tx.branches[1].attempts >= 2, "{:?}", tx.branches[1]);
+    assert_eq!(
+        log.count("saga-restart", "execute", 1),
+        1,
+        "done steps stay done"
+    );
+    assert_eq!(log.count("saga-restart", "execute", 3), 1);
+    assert!(log.count("saga-restart", "execute", 2) >= 3);
+    assert_eq!(
+        log.of("saga-restart")
+            .iter()
+            .filter(|(op, _)| *op == "compensate")
+            .count(),
+        0
+    );
+    restarted.stop().await.expect("stop");
+}
+both!(a_coordinator_restart_mid_saga_resumes_it);
+
+async fn a_passed_deadline_compensates_what_may_have_executed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 3).await;
+    log.answer("execute", 2, Answer::Fail);
+
+    submit(&mut c, "saga-late", sequential(3), 2_000, 0)
+        .await
+        .expect("submit");
+    let tx = wait_for_status(&mut c, "saga-late", pb::Status::Aborted).await;
+    assert_eq!(tx.reason, "deadline passed");
+    // Step 2 failed but may have executed (an answer can be lost): it is compensated. Step
+    // 3 was never sent and is left alone.
+    let compensations: Vec<u32> = log
+        .of("saga-late")
+        .into_iter()
+        .filter(|(op, _)| *op == "compensate")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(compensations, [2, 1]);
+    assert_eq!(log.count("saga-late", "execute", 3), 0);
+    use pb::BranchStatus::{Compensated, Pending};
+    assert_eq!(statuses(&tx), [Compensated, Compensated, Pending]);
+    coordinator.stop().await.expect("stop");
+}
+both!(a_passed_deadline_compensates_what_may_have_executed);
+
+async fn a_parallel_group_runs_its_steps_concurrently(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 5).await;
+    log.meet("execute", &[2, 3]);
+    log.meet("compensate", &[2, 3]);
+    log.answer("execute", 5, Answer::Refuse);
+
+    let steps = vec![step(1, 0), step(2, 9), step(3, 9), step(4, 0), step(5, 0)];
+    let submitted = submit(&mut c, "saga-parallel", steps, 30_000, 10_000)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), pb::Status::Aborted);
+    assert!(
+        log.missed.lock().expect("missed").is_empty(),
+        "both calls of the group were in flight together"
+    );
+    let order = log.of("saga-parallel");
+    assert_eq!(order.len(), 10, "{order:?}");
+    assert_eq!(order[0], ("execute", 1));
+    let middle: HashSet<_> = order[1..3].iter().copied().collect();
+    assert_eq!(middle, HashSet::from([("execute", 2), ("execute", 3)]));
+    assert_eq!(
+        order[3..7],
+        [
+            ("execute", 4),
+            ("execute", 5),
+            ("compensate", 5),
+            ("compensate", 4)
+        ]
+    );
+    let middle: HashSet<_> = order[7..9].iter().copied().collect();
+    assert_eq!(
+        middle,
+        HashSet::from([("compensate", 2), ("compensate", 3)])
+    );
+    assert_eq!(order[9], ("compensate", 1));
+    coordinator.stop().await.expect("stop");
+}
+both!(a_parallel_group_runs_its_steps_concurrently);
+
+async fn submit_is_idempotent_and_bad_input_gets_exact_codes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.limits.max_payload = 1024;
+    config.limits.max_branches = 3;
+    let coordinator = start_coordinator(config).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Log::start().await;
+    log.register(&mut c, 3).await;
+
+    // Concurrent submissions of one gid: one saga, each step executed once.
+    let submissions = (0..5).map(|_| {
+        let mut c = c.clone();
+        async move { submit(&mut c, "saga-once", sequential(3), 30_000, 10_000).await }
+    });
+    for submitted in futures::future::join_all(submissions).await {
+        let submitted = submitted.expect("submit");
+        assert_eq!(submitted.gid, "saga-once");
+        assert!(matches!(
+            submitted.status(),
+            pb::Status::Running | pb::Status::Committed
+        ));
+    }
+    wait_for_status(&mut c, "saga-once", pb::Status::Committed).await;
+    let again = submit(&mut c, "saga-once", sequential(1), 30_000, 0)
+        .await
+        .expect("submit again");
+    assert_eq!(again.status(), pb::Status::Committed);
+    assert_eq!(get(&mut c, "saga-once").await.branches.len(), 3);
+    for i in 1..=3 {
+        assert_eq!(log.count("saga-once", "execute", i), 1);
+    }
+
+    let tcc = c
+        .begin(pb::BeginRequest {
+            gid: "tcc-1".to_owned(),
+            timeout_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+        .expect("begin")
+        .into_inner()
+        .gid;
+    let with = |f: fn(&mut pb::SagaStep)| {
+        let mut steps = sequential(2);
+        f(&mut steps[1]);
+        steps
+    };
+    let cases: Vec<(&str, Code, Result<pb::SubmitSagaResponse, Status>)> = vec![
+        (
+            "no steps",
+            Code::InvalidArgument,
+            submit(&mut c, "", vec![], 30_000, 0).await,
+        ),
+        (
+            "more steps than max_branches",
+            Code::InvalidArgument,
+            submit(&mut c, "", sequential(4), 30_000, 0).await,
+        ),
+        (
+            "bad gid",
+            Code::InvalidArgument,
+            submit(&mut c, "a b", sequential(1), 30_000, 0).await,
+        ),
+        (
+            "empty participant",
+            Code::InvalidArgument,
+            submit(&mut c, "", with(|s| s.participant.clear()), 30_000, 0).await,
+        ),
+        (
+            "bad participant name",
+            Code::InvalidArgument,
+            submit(
+                &mut c,
+                "",
+                with(|s| s.participant = "a/b".into()),
+                30_000,
+                0,
+            )
+            .await,
+        ),
+        (
+            "unknown participant",
+            Code::NotFound,
+            submit(
+                &mut c,
+                "",
+                with(|s| s.participant = "nobody".into()),
+                30_000,
+                0,
+            )
+            .await,
+        ),
+        (
+            "payload over the limit",
+            Code::InvalidArgument,
+            submit(
+                &mut c,
+                "",
+                with(|s| s.payload = vec![0; 1025].into()),
+                30_000,
+                0,
+            )
+            .await,
+        ),
+        (
+            "compensation payload over the limit",
+            Code::InvalidArgument,
+            submit(
+                &mut c,
+                "",
+                with(|s| s.compensation_payload = vec![0; 1025].into()),
+                30_000,
+                0,
+            )
+            .await,
+        ),
+        (
+            "timeout zero",
+            Code::InvalidArgument,
+            submit(&mut c, "", sequential(1), 0, 0).await,
+        ),
+        (
+            "timeout over 24 h",
+            Code::InvalidArgument,
+            submit(&mut c, "", sequential(1), 24 * 3600 * 1000 + 1, 0).await,
+        ),
+        (
+            "wait over a minute",
+            Code::InvalidArgument,
+            submit(&mut c, "", sequential(1), 30_000, 60_001).await,
+        ),
+        (
+            "gid of a TCC transaction",
+            Code::FailedPrecondition,
+            submit(&mut c, &tcc, sequential(1), 30_000, 0).await,
+        ),
+    ];
+    for (what, expected, result) in cases {
+        assert_eq!(code(result), expected, "{what}");
+    }
+    let saga_gid = || "saga-once".to_owned();
+    assert_eq!(
+        code(
+            c.commit(pb::CommitRequest {
+                gid: saga_gid(),
+                wait_ms: 0
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            c.abort(pb::AbortRequest {
+                gid: saga_gid(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            c.register_branch(pb::RegisterBranchRequest {
+                gid: saga_gid(),
+                participant: "p1".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    assert!(
+        log.calls().iter().all(|c| c.gid == "saga-once"),
+        "no refused submission reached a participant"
+    );
+
+    // The SDK reports builder misuse and the coordinator's refusals.
+    let sdk = settle::Client::connect(coordinator.url())
+        .await
+        .expect("connect");
+    let misuse = sdk
+        .saga()
+        .compensation(&1)
+        .step("p1", "act", &1)
+        .submit()
+        .await
+        .expect_err("compensation before any step");
+    assert!(
+        matches!(misuse, settle::saga::Error::Builder(_)),
+        "{misuse}"
+    );
+    let unknown = sdk
+        .saga()
+        .step("nobody", "act", &1)
+        .submit()
+        .await
+        .expect_err("unknown participant");
+    assert_eq!(unknown.code(), Some(Code::NotFound));
+    let empty = sdk.saga().submit().await.expect_err("no steps");
+    assert_eq!(empty.code(), Some(Code::InvalidArgument));
+    coordinator.stop().await.expect("stop");
+}
+both!(submit_is_idempotent_and_bad_input_gets_exact_codes);
+
+/// The payload of every wallet call.
+#[derive(Debug, Serialize, Deserialize)]
+struct Debit {
+    account: String,
+    amount: i64,
+}
+
+/// A saga-only SDK participant: Execute debits, refusing an overdraft; Compensate credits.
+struct Wallet;
+
+impl SagaParticipant for Wallet {
+    async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), StepError> {
+        let debit: Debit = branch.json()?;
+        let done = sqlx::query(
+            "UPDATE account SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
+        )
+        .bind(debit.amount)
+        .bind(&debit.account)
+        .execute(conn)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StepError::refuse("insufficient funds"));
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), StepError> {
+        let debit: Debit = branch.json()?;
+        sqlx::query("UPDATE account SET balance = balance + $1 WHERE name = $2")
+            .bind(debit.amount)
+            .bind(&debit.account)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn open_wallet(url: &str, balance: i64) -> Barrier {
+    let barrier = Barrier::new(Database::connect(url, 4).await.expect("connect"));
+    barrier.migrate().await.expect("barrier");
+    let pool = barrier.database().pool();
+    sqlx::query("CREATE TABLE account (name TEXT PRIMARY KEY, balance BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("create");
+    sqlx::query("INSERT INTO account (name, balance) VALUES ('alice', $1)")
+        .bind(balance)
+        .execute(pool)
+        .await
+        .expect("seed");
+    barrier
+}
+
+async fn balance(barrier: &Barrier) -> i64 {
+    sqlx::query("SELECT balance FROM account WHERE name = 'alice'")
+        .fetch_one(barrier.database().pool())
+        .await
+        .expect("balance")
+        .try_get("balance")
+        .expect("balance column")
+}
+
+/// (op, gid, branch id).
+type Delivery = (&'static str, String, u32);
+
+/// Forwards every call to a real participant and, the first time each (op, gid, branch)
+/// succeeds, answers UNAVAILABLE instead: the work was done but the answer was lost, so the
+/// coordinator delivers the call again.
+#[derive(Clone)]
+struct LosesFirstAnswers {
+    inner: ParticipantClient<Channel>,
+    seen: Arc<Mutex<HashMap<Delivery, usize>>>,
+}
+
+impl LosesFirstAnswers {
+    async fn start(inner: &str) -> (LosesFirstAnswers, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let proxy = LosesFirstAnswers {
+            inner: ParticipantClient::connect(inner.to_owned())
+                .await
+                .expect("connect"),
+            seen: Arc::default(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ParticipantServer::new(proxy.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (proxy, url)
+    }
+
+    fn deliveries(&self, op: &'static str, gid: &str, branch_id: u32) -> usize {
+        self.seen
+            .lock()
+            .expect("seen")
+            .get(&(op, gid.to_owned(), branch_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn forward(
+        &self,
+        op: &'static str,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        let req = request.into_inner();
+        let key = (op, req.gid.clone(), req.branch_id);
+        let mut inner = self.inner.clone();
+        let answer = match op {
+            "execute" => inner.execute(req).await,
+            "compensate" => inner.compensate(req).await,
+            _ => return Err(Status::unimplemented(op)),
+        };
+        let deliveries = {
+            let mut seen = self.seen.lock().expect("seen");
+            let n = seen.entry(key).or_default();
+            *n += 1;
+            *n
+        };
+        match answer {
+            Ok(_) if deliveries == 1 => Err(Status::unavailable("answer lost")),
+            other => other,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for LosesFirstAnswers {
+    async fn r#try(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.forward("try", request).await
+    }
+    async fn confirm(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.forward("confirm", request).await
+    }
+    async fn cancel(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.forward("cancel", request).await
+    }
+    async fn execute(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.forward("execute", request).await
+    }
+    async fn compensate(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, Status> {
+        self.forward("compensate", request).await
+    }
+}
+
+fn debit(amount: i64) -> Debit {
+    Debit {
+        account: "alice".to_owned(),
+        amount,
+    }
+}
+
+fn wallet_request(gid: &str, branch_id: u32, amount: i64) -> pb::BranchRequest {
+    pb::BranchRequest {
+        gid: gid.to_owned(),
+        branch_id,
+        action: "debit".to_owned(),
+        payload: serde_json::to_vec(&debit(amount)).expect("json").into(),
+    }
+}
+
+async fn duplicate_and_out_of_order_deliveries_leave_business_data_correct(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let (db0, db1) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let (wallet0, wallet1) = (
+        open_wallet(&db0.url, 100).await,
+        open_wallet(&db1.url, 100).await,
+    );
+    // w0 is reached through a proxy that loses the first answer to every call; w1
+    // registers itself.
+    let serving0 = settle::serve("w0", SagaOnly(Wallet), wallet0.clone())
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve w0");
+    let (lossy, lossy_url) = LosesFirstAnswers::start(serving0.url()).await;
+    c.register_participant(pb::RegisterParticipantRequest {
+        name: "w0".to_owned(),
+        endpoint: lossy_url,
+    })
+    .await
+    .expect("register w0");
+    let serving1 = settle::serve("w1", SagaOnly(Wallet), wallet1.clone())
+        .coordinator(coordinator.url())
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve w1");
+    let sdk = settle::Client::connect(coordinator.url())
+        .await
+        .expect("connect");
+
+    // Every Execute to w0 is delivered twice; it debits once.
+    let paid = sdk
+        .saga()
+        .gid("pay")
+        .label("flow", "test")
+        .step("w0", "debit", &debit(30))
+        .compensation(&debit(30))
+        .step("w1", "debit", &debit(20))
+        .submit()
+        .await
+        .expect("submit");
+    assert_eq!(paid.gid, "pay");
+    // The first answer was lost, so the saga was still running when the first run ended.
+    assert_eq!(paid.status, pb::Status::Running);
+    wait_for_status(&mut c, "pay", pb::Status::Committed).await;
+    assert_eq!(lossy.deliveries("execute", "pay", 1), 2);
+    assert_eq!((balance(&wallet0).await, balance(&wallet1).await), (70, 80));
+
+    // w1 refuses an overdraft in a parallel group; w0's debit in the same group is
+    // compensated, and its Compensate, delivered twice, credits once.
+    let refused = sdk
+        .saga()
+        .gid("overdraft")
+        .parallel([
+            Step::new("w0", "debit", &debit(10)),
+            Step::new("w1", "debit", &debit(1_000)),
+        ])
+        .submit()
+        .await
+        .expect("submit");
+    assert_eq!(refused.status, pb::Status::Compensating);
+    wait_for_status(&mut c, "overdraft", pb::Status::Aborted).await;
+    assert_eq!(lossy.deliveries("compensate", "overdraft", 1), 2);
+    assert_eq!((balance(&wallet0).await, balance(&wallet1).await), (70, 80));
+
+    // Late and repeated deliveries straight to the participants change nothing.
+    let mut w0 = ParticipantClient::connect(serving0.url().to_owned())
+        .await
+        .expect("connect w0");
+    let mut w1 = ParticipantClient::connect(serving1.url().to_owned())
+        .await
+        .expect("connect w1");
+    w1.execute(wallet_request("pay", 2, 20))
+        .await
+        .expect("a duplicate Execute is answered OK");
+    assert_eq!(
+        w0.execute(wallet_request("overdraft", 1, 10))
+            .await
+            .map(drop)
+            .map_err(|s| s.code()),
+        Err(Code::Aborted),
+        "an Execute after its Compensate is refused"
+    );
+    w0.compensate(wallet_request("overdraft", 1, 10))
+        .await
+        .expect("a duplicate Compensate is answered OK");
+    w1.compensate(wallet_request("early", 1, 5))
+        .await
+        .expect("a Compensate before its Execute is an empty compensation");
+    assert_eq!(
+        w1.execute(wallet_request("early", 1, 5))
+            .await
+            .map(drop)
+            .map_err(|s| s.code()),
+        Err(Code::Aborted),
+        "and blocks the late Execute"
+    );
+    assert_eq!((balance(&wallet0).await, balance(&wallet1).await), (70, 80));
+
+    let tx = get(&mut c, "pay").await;
+    assert_eq!(tx.labels.get("flow").map(String::as_str), Some("test"));
+    serving0.stop().await.expect("stop w0");
+    serving1.stop().await.expect("stop w1");
+    coordinator.stop().await.expect("stop");
+}
+both!(duplicate_and_out_of_order_deliveries_leave_business_data_correct);
+
+async fn a_stale_owner_writes_nothing(backend: Backend) {
+    use settle_coordinator::{
+        model::BranchStatus,
+        store::{
+            Escalation, Lease, Store,
+            saga::{NewStep, Recorded, StepOutcome, Then},
+        },
+    };
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url, 2).await.expect("store");
+    let steps: Vec<NewStep> = (1..=2)
+        .map(|i| NewStep {
+            participant: format!("p{i}"),
+            action: "act".to_owned(),
+            payload: format!("do-{i}").into_bytes().into(),
+            compensation: None,
+            group: 0,
+        })
+        .collect();
+    // A lease of 0 ms expires at once, so another instance may claim the saga.
+    let (tx, created) = store
+        .submit_saga("fenced", &steps, 60_000, &Default::default(), "a", 0)
+        .await
+        .expect("submit");
+    assert!(created);
+    let stale = Lease {
+        gid: "fenced".to_owned(),
+        owner: "a".to_owned(),
+        version: tx.version,
+    };
+    let claimed = store.claim_due("b", 30_000, 10).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let current = Lease {
+        gid: "fenced".to_owned(),
+        owner: "b".to_owned(),
+        version: claimed[0].version,
+    };
+
+    assert_eq!(store.renew_saga(&stale, 30_000).await.expect("renew"), None);
+    let executed = [(1, StepOutcome::Done(BranchStatus::Executed))];
+    for then in [
+        Then::Continue,
+        Then::Compensate {
+            reason: "stale".to_owned(),
+        },
+        Then::Retry {
+            retry_in_ms: 0,
+            escalation: Escalation {
+                after_attempts: 10,
+                after_ms: 60_000,
+            },
+        },
+        Then::Commit,
+    ] {
+        assert_eq!(
+            store
+                .record_saga_group(&stale, &executed, &then, 30_000)
+                .await
+                .expect("record"),
+            Recorded::LostLease,
+            "{then:?}"
+        );
+    }
+    let steps = store.saga_steps("fenced").await.expect("steps");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.branch.status == BranchStatus::Pending && s.branch.attempts == 0),
+        "no branch write from the stale owner: {steps:?}"
+    );
+
+    let renewed = store
+        .renew_saga(&current, 30_000)
+        .await
+        .expect("renew")
+        .expect("the current owner holds the lease");
+    assert!(!renewed.deadline_passed);
+    let both = [
+        (1, StepOutcome::Done(BranchStatus::Executed)),
+        (2, StepOutcome::Done(BranchStatus::Executed)),
+    ];
+    assert_eq!(
+        store
+            .record_saga_group(&current, &both, &Then::Commit, 30_000)
+            .await
+            .expect("record"),
+        Recorded::Finished(settle_coordinator::model::Status::Committed)
+    );
+    store.close().await;
+}
+both!(a_stale_owner_writes_nothing);
