@@ -3,8 +3,11 @@
 //! process including its own.
 //!
 //! The pieces, from the wire down:
-//! - [`grpc`]: the `settle.v1` services and the mapping of errors to status codes;
+//! - [`grpc`]: the `settle.v1` services, the mapping of errors to status codes, the Admin
+//!   token check;
 //! - [`engine`]: the TCC rules — validation, decisions, rounds of phase two;
+//! - [`saga`]: saga mode — forward steps in order, compensation in reverse;
+//! - [`admin`]: what operators may do to transactions, audited;
 //! - [`recovery`]: the loop that claims due work (deadlines, retries, expired leases);
 //! - [`directory`]: participant names, endpoints and their reusable channels;
 //! - [`store`]: the durable log in SQLite or PostgreSQL;
@@ -14,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod directory;
 pub mod engine;
 pub mod grpc;
@@ -21,17 +25,19 @@ pub mod id;
 pub mod model;
 pub mod recovery;
 pub mod retry;
+pub mod saga;
 pub mod store;
 pub mod validate;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use settle_proto::v1::coordinator_server::CoordinatorServer;
+use settle_proto::v1::{admin_server::AdminServer, coordinator_server::CoordinatorServer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::{
+    admin::Admin,
     engine::{Engine, EngineConfig},
     recovery::{RecoveryConfig, RecoveryLoop},
     retry::RetryPolicy,
@@ -71,8 +77,13 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Timeout of one Confirm/Cancel call.
     pub call_timeout: Duration,
+    /// How long a decision or claim owns a transaction; at least twice `call_timeout`.
+    pub lease: Duration,
     /// Recovery loop settings.
     pub recovery: RecoveryConfig,
+    /// Bearer token every Admin call must carry. Without one, Admin is served only on a
+    /// loopback address.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -84,7 +95,9 @@ impl Default for Config {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             call_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
             recovery: RecoveryConfig::default(),
+            admin_token: None,
         }
     }
 }
@@ -111,11 +124,21 @@ pub enum Error {
 pub struct Coordinator {
     engine: Engine,
     recovery: RecoveryConfig,
+    admin_token: Option<String>,
 }
 
 impl Coordinator {
     /// Opens the store (applying migrations) and records the configured participants.
     pub async fn open(config: Config) -> Result<Coordinator, Error> {
+        if config.lease < config.call_timeout * 2 {
+            return Err(Error::Config(format!(
+                "the lease ({:?}) must be at least twice the call timeout ({:?})",
+                config.lease, config.call_timeout
+            )));
+        }
+        if let Some(token) = &config.admin_token {
+            check_admin_token(token)?;
+        }
         let store = Store::open(&config.database, config.max_connections).await?;
         let engine = Engine::new(
             store,
@@ -123,6 +146,7 @@ impl Coordinator {
                 limits: config.limits,
                 retry: config.retry,
                 call_timeout: config.call_timeout,
+                lease: config.lease,
             },
             instance_id(),
         );
@@ -135,6 +159,7 @@ impl Coordinator {
         Ok(Coordinator {
             engine,
             recovery: config.recovery,
+            admin_token: config.admin_token,
         })
     }
 
@@ -143,17 +168,22 @@ impl Coordinator {
         &self.engine
     }
 
-    /// Serves gRPC (Coordinator, health, reflection) on `listener` and runs the recovery
-    /// loop until `shutdown` completes; then stops claiming work and releases this
+    /// Serves gRPC (Coordinator, Admin, health, reflection) on `listener` and runs the
+    /// recovery loop until `shutdown` completes; then stops claiming work and releases this
     /// instance's leases so that the next start (or another instance) resumes at once.
+    /// Refuses to serve on a non-loopback address without an admin token.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        check_admin_exposure(listener.local_addr()?, self.admin_token.as_deref())?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<CoordinatorServer<grpc::CoordinatorService>>()
+            .await;
+        health
+            .set_serving::<AdminServer<grpc::AdminService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(settle_proto::FILE_DESCRIPTOR_SET)
@@ -171,6 +201,10 @@ impl Coordinator {
             .add_service(CoordinatorServer::new(grpc::CoordinatorService::new(
                 self.engine.clone(),
             )))
+            .add_service(AdminServer::with_interceptor(
+                grpc::AdminService::new(Admin::new(self.engine.clone())),
+                grpc::AdminAuth::new(self.admin_token.as_deref()),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
 
@@ -191,6 +225,7 @@ impl Coordinator {
     pub async fn spawn(self, addr: SocketAddr) -> Result<Running, Error> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        check_admin_exposure(addr, self.admin_token.as_deref())?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(self.serve(listener, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -225,6 +260,28 @@ impl Running {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
+}
+
+/// Refuses to expose the Admin API beyond this host without a token: anyone who can reach
+/// it could otherwise abort or resolve transactions.
+pub fn check_admin_exposure(addr: SocketAddr, admin_token: Option<&str>) -> Result<(), Error> {
+    if admin_token.is_none() && !addr.ip().is_loopback() {
+        return Err(Error::Config(format!(
+            "refusing to serve the Admin API on non-loopback address {addr} without an admin \
+             token: set --admin-token (SETTLE_ADMIN_TOKEN) or listen on 127.0.0.1"
+        )));
+    }
+    Ok(())
+}
+
+/// The token travels in an HTTP header, so it must be visible ASCII.
+fn check_admin_token(token: &str) -> Result<(), Error> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(
+            "the admin token must be non-empty visible ASCII (no spaces)".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// An id for this process in leases: host, pid and a random suffix, so that a restarted

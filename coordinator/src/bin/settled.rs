@@ -1,10 +1,11 @@
 //! `settled`: the Settle coordinator server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use settle_coordinator::{
-    Config, Coordinator, Limits, recovery::RecoveryConfig, retry::RetryPolicy, store::redact,
+    Config, Coordinator, Limits, check_admin_exposure, recovery::RecoveryConfig,
+    retry::RetryPolicy, store::redact,
 };
 use tokio::net::TcpListener;
 use tracing::info;
@@ -50,9 +51,20 @@ struct Args {
     /// Flag needs_attention this long after the decision, in seconds.
     #[arg(long, env = "SETTLE_ATTENTION_AFTER_SECS", default_value_t = 600)]
     attention_after_secs: u64,
+    /// How long a decision or claim owns a transaction, in milliseconds: at least twice the
+    /// call timeout; also how long a crashed instance's work waits before it is resumed.
+    #[arg(long, env = "SETTLE_LEASE_MS", default_value_t = 30_000)]
+    lease_ms: u64,
+    /// Delete finished transactions this many hours after they finished (0: keep forever).
+    #[arg(long, env = "SETTLE_RETENTION_HOURS", default_value_t = 168)]
+    retention_hours: u64,
     /// Pause between recovery passes, in milliseconds.
     #[arg(long, env = "SETTLE_RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     recovery_interval_ms: u64,
+    /// Bearer token required on every Admin call (settlectl --token). Required when
+    /// listening on a non-loopback address; empty means none.
+    #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SETTLE_LOG_JSON")]
     log_json: bool,
@@ -66,8 +78,19 @@ fn parse_participant(s: &str) -> Result<(String, String), String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Display, not Debug: start-up errors are read by whoever launched settled.
+            eprintln!("settled: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if args.log_json {
         tracing_subscriber::fmt()
@@ -78,6 +101,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
+    let admin_token = args.admin_token.filter(|token| !token.is_empty());
+    // Before touching the database: an exposed, unprotected Admin API is a configuration
+    // mistake to report at once.
+    check_admin_exposure(args.listen, admin_token.as_deref())?;
     let config = Config {
         database: args.database.clone(),
         max_connections: args.max_connections,
@@ -94,10 +121,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             attention_after: Duration::from_secs(args.attention_after_secs),
         },
         call_timeout: Duration::from_millis(args.call_timeout_ms),
+        lease: Duration::from_millis(args.lease_ms),
         recovery: RecoveryConfig {
             interval: Duration::from_millis(args.recovery_interval_ms),
+            retention: (args.retention_hours > 0)
+                .then(|| Duration::from_secs(args.retention_hours * 3600)),
             ..RecoveryConfig::default()
         },
+        admin_token,
     };
     let coordinator = Coordinator::open(config).await?;
     let listener = TcpListener::bind(args.listen).await?;

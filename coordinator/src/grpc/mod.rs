@@ -1,10 +1,12 @@
-//! The gRPC edge: the `settle.v1.Coordinator` service, the mapping of engine errors to
-//! status codes (DESIGN.md §2), and the router that adds health and reflection.
+//! The gRPC edge: the `settle.v1.Coordinator` and `settle.v1.Admin` services, the mapping
+//! of engine errors to status codes (DESIGN.md §2), and the Admin token check.
 //!
-//! Nothing here makes decisions; every call is handed to the engine.
+//! Nothing here makes decisions; every call is handed to the engine or to `crate::admin`.
 
+mod admin;
 mod coordinator;
 
+pub use admin::{ACTOR_HEADER, AdminAuth, AdminService};
 pub use coordinator::CoordinatorService;
 
 use tonic::Status;

@@ -100,7 +100,8 @@ statements! {
                   AND NOT EXISTS (SELECT 1 FROM branch \
                                   WHERE branch.gid = $1 AND branch.status = 'PENDING')";
     reschedule = "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
-                      next_attempt_at = {now} + $4, updated_at = {now}, \
+                      next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $4 END, \
+                      updated_at = {now}, \
                       needs_attention = CASE \
                           WHEN attempts + 1 >= $5 OR {now} - COALESCE(decided_at, created_at) >= $6 \
                           THEN 1 ELSE needs_attention END \
@@ -116,8 +117,8 @@ statements! {
                  RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, \
                      version, branch_count, labels, reason, needs_attention, paused, \
                      decided_at, created_at, updated_at";
-    release = "UPDATE global_tx SET owner = NULL, lease_until = NULL, next_attempt_at = {now}, \
-                   updated_at = {now} \
+    release = "UPDATE global_tx SET owner = NULL, lease_until = NULL, updated_at = {now}, \
+                   next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} END \
                WHERE owner = $1 AND status NOT IN ('COMMITTED', 'ABORTED')";
     upsert_participant = "INSERT INTO participant (name, endpoint, updated_at) \
                           VALUES ($1, $2, {now}) \
@@ -126,6 +127,17 @@ statements! {
     participant = "SELECT endpoint FROM participant WHERE name = $1";
     now = "SELECT {now}";
 }
+
+// Declared after `statements!` so that the saga statements can use it.
+pub mod saga;
+
+// Declared after `statements!` so that the admin statements can use it.
+mod admin;
+
+// Declared after `statements!` so that the retention statements can use it.
+mod retention;
+
+pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
 
 /// What a compare-and-set decision found when it did not win.
 #[derive(Debug, Clone, PartialEq)]

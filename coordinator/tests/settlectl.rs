@@ -1,0 +1,1056 @@
+//! End-to-end tests of the Admin API through the real `settlectl` binary, against an
+//! in-process coordinator on 127.0.0.1:0 and recording participants, each core behaviour on
+//! SQLite and PostgreSQL: a commit stuck on a failing Confirm shows in `list` and `stats`,
+//! `show` says why, `resolve` finishes it and the audit trail records who did; `retry` runs
+//! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
+//! token rules; and `settled` refusing an exposed Admin API without a token.
+//!
+//! The support code is a trimmed copy of the workspace's `tests/common`, which belongs to
+//! another package; only tests in this package can run the `settlectl` binary.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+use settle_coordinator::{
+    Config, Coordinator, Running, engine::Engine, model::Status, recovery::RecoveryConfig,
+    recovery::RecoveryLoop, retry::RetryPolicy,
+};
+use settle_proto::v1::{
+    self as pb,
+    coordinator_client::CoordinatorClient,
+    participant_server::{Participant, ParticipantServer},
+};
+use sqlx::{Connection, Executor};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status as RpcStatus, transport::Channel};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `both!(name);` turns `async fn name(Backend)` into tests `name::sqlite` and
+/// `name::postgres`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(crate::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// PostgreSQL tests fail, never skip, when this server is unreachable.
+fn postgres_admin_url() -> String {
+    std::env::var("SETTLE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that exists for one test and is removed after it.
+struct TestDb {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("settle.db").display());
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("settle_test_{:016x}", rand::random::<u64>());
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
+                    });
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        let admin = postgres_admin_url();
+        // Drop runs inside the test's runtime; a thread with its own runtime can block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Fast recovery passes and short retry delays; escalation after two failed rounds.
+fn test_config(url: &str) -> Config {
+    Config {
+        database: url.to_owned(),
+        max_connections: 8,
+        call_timeout: Duration::from_secs(2),
+        recovery: RecoveryConfig {
+            interval: Duration::from_millis(50),
+            ..RecoveryConfig::default()
+        },
+        retry: RetryPolicy {
+            initial: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+            attention_after_attempts: 2,
+            ..RetryPolicy::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// A coordinator serving on 127.0.0.1:0, and its engine for looking behind the API.
+struct Harness {
+    running: Running,
+    engine: Engine,
+    client: CoordinatorClient<Channel>,
+}
+
+impl Harness {
+    async fn start(config: Config) -> Harness {
+        let coordinator = Coordinator::open(config).await.expect("open coordinator");
+        let engine = coordinator.engine().clone();
+        let running = coordinator
+            .spawn("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("spawn coordinator");
+        let client = CoordinatorClient::connect(running.url())
+            .await
+            .expect("connect to coordinator");
+        Harness {
+            running,
+            engine,
+            client,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.running.url()
+    }
+
+    async fn participant(&mut self, name: &str) -> Recorder {
+        let recorder = Recorder::start().await;
+        self.client
+            .register_participant(pb::RegisterParticipantRequest {
+                name: name.to_owned(),
+                endpoint: recorder.url.clone(),
+            })
+            .await
+            .expect("register participant");
+        recorder
+    }
+
+    /// Begins `gid` with `labels` and registers one branch per participant.
+    async fn begin(&mut self, gid: &str, labels: &[(&str, &str)], participants: &[&str]) {
+        self.client
+            .begin(pb::BeginRequest {
+                gid: gid.to_owned(),
+                timeout_ms: 60_000,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        for participant in participants {
+            self.client
+                .register_branch(pb::RegisterBranchRequest {
+                    gid: gid.to_owned(),
+                    participant: (*participant).to_owned(),
+                    action: "reserve".to_owned(),
+                    payload: format!("{{\"sku\":\"{participant}-1\"}}")
+                        .into_bytes()
+                        .into(),
+                })
+                .await
+                .expect("register branch");
+        }
+    }
+
+    async fn commit(&mut self, gid: &str) -> pb::Status {
+        self.client
+            .commit(pb::CommitRequest {
+                gid: gid.to_owned(),
+                wait_ms: 5_000,
+            })
+            .await
+            .expect("commit")
+            .into_inner()
+            .status()
+    }
+
+    async fn get(&mut self, gid: &str) -> pb::Transaction {
+        self.client
+            .get(pb::GetRequest {
+                gid: gid.to_owned(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    /// Polls Get until `pred` holds, failing the test after 20 s.
+    async fn wait_for(
+        &mut self,
+        gid: &str,
+        what: &str,
+        pred: impl Fn(&pb::Transaction) -> bool,
+    ) -> pb::Transaction {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let tx = self.get(gid).await;
+            if pred(&tx) {
+                return tx;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{gid} never became {what}: {tx:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.running.stop().await.expect("stop coordinator");
+    }
+}
+
+/// How a recording participant answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    /// A transient failure (UNAVAILABLE).
+    Fail,
+}
+
+/// A real tonic Participant server on 127.0.0.1:0 that counts calls per operation and
+/// answers as configured.
+#[derive(Clone)]
+struct Recorder {
+    url: String,
+    calls: Arc<Mutex<Vec<(&'static str, String)>>>,
+    answers: Arc<Mutex<HashMap<&'static str, Answer>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let recorder = Recorder {
+            url,
+            calls: Arc::default(),
+            answers: Arc::default(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ParticipantServer::new(recorder.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        recorder
+    }
+
+    fn answer(&self, op: &'static str, answer: Answer) {
+        self.answers.lock().expect("answers").insert(op, answer);
+    }
+
+    fn calls_of(&self, op: &str, gid: &str) -> usize {
+        let calls = self.calls.lock().expect("calls");
+        calls.iter().filter(|(o, g)| *o == op && g == gid).count()
+    }
+
+    fn record(
+        &self,
+        op: &'static str,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        let gid = request.into_inner().gid;
+        self.calls.lock().expect("calls").push((op, gid));
+        match self.answers.lock().expect("answers").get(op) {
+            None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
+            Some(Answer::Fail) => Err(RpcStatus::unavailable("temporarily failing")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for Recorder {
+    async fn r#try(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        self.record("try", request)
+    }
+    async fn confirm(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        self.record("confirm", request)
+    }
+    async fn cancel(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        self.record("cancel", request)
+    }
+    async fn execute(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        self.record("execute", request)
+    }
+    async fn compensate(
+        &self,
+        request: Request<pb::BranchRequest>,
+    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
+        self.record("compensate", request)
+    }
+}
+
+/// One finished `settlectl` run.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "settlectl failed: {self:?}");
+        self
+    }
+
+    #[track_caller]
+    fn fails(self, code: i32, stderr_has: &str) -> Run {
+        assert_eq!(self.code, code, "exit code: {self:?}");
+        assert!(
+            self.stderr.contains(stderr_has),
+            "stderr lacks {stderr_has:?}: {self:?}"
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "one-line error: {self:?}"
+        );
+        self
+    }
+
+    /// A usage error as clap reports it: exit code 2, several lines of help.
+    #[track_caller]
+    fn usage(self, stderr_has: &str) -> Run {
+        assert_eq!(self.code, 2, "exit code: {self:?}");
+        assert!(
+            self.stderr.contains(stderr_has),
+            "stderr lacks {stderr_has:?}: {self:?}"
+        );
+        self
+    }
+}
+
+/// Runs `settlectl --coordinator URL ARGS...` with a clean environment plus `env`.
+async fn settlectl_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_settlectl"));
+    command
+        .arg("--coordinator")
+        .arg(url)
+        .args(args)
+        .env_remove("SETTLE_ADMIN_TOKEN")
+        .env_remove("SETTLE_COORDINATOR")
+        .env_remove("SETTLE_ACTOR")
+        .env_remove("USER")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output: Output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("runner")
+        .expect("run settlectl");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn settlectl(url: &str, args: &[&str]) -> Run {
+    settlectl_env(url, args, &[]).await
+}
+
+/// The gids of a `list --output json` document, in order.
+fn gids(list: &Value) -> Vec<String> {
+    list["transactions"]
+        .as_array()
+        .expect("transactions")
+        .iter()
+        .map(|tx| tx["gid"].as_str().expect("gid").to_owned())
+        .collect()
+}
+
+async fn stuck_commit_is_listed_explained_and_resolved(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut h = Harness::start(test_config(&db.url)).await;
+    let url = h.url();
+    let _inventory = h.participant("inventory").await;
+    let payment = h.participant("payment").await;
+    payment.answer("confirm", Answer::Fail);
+
+    h.begin(
+        "order-1001",
+        &[("shop", "spring")],
+        &["inventory", "payment"],
+    )
+    .await;
+    assert_eq!(h.commit("order-1001").await, pb::Status::Committing);
+    h.begin("order-1002", &[("shop", "Spring")], &["inventory"])
+        .await;
+    assert_eq!(h.commit("order-1002").await, pb::Status::Committed);
+    h.wait_for("order-1001", "needs_attention", |tx| tx.needs_attention)
+        .await;
+
+    // It shows up, and only where it should.
+    let listed = settlectl(
+        &url,
+        &["list", "--status", "committing", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(gids(&listed), ["order-1001"]);
+    assert_eq!(listed["transactions"][0]["status"], "COMMITTING");
+    let flagged = settlectl(&url, &["list", "--needs-attention", "--output", "json"]).await;
+    assert_eq!(gids(&flagged.ok().json()), ["order-1001"]);
+    let on_payment = settlectl(
+        &url,
+        &["list", "--participant", "payment", "--output", "json"],
+    );
+    assert_eq!(gids(&on_payment.await.ok().json()), ["order-1001"]);
+    let on_inventory = settlectl(
+        &url,
+        &["list", "--participant", "inventory", "--output=json"],
+    );
+    assert_eq!(gids(&on_inventory.await.ok().json()).len(), 2);
+    let spring = settlectl(
+        &url,
+        &["list", "--label", "shop=spring", "--output", "json"],
+    );
+    assert_eq!(
+        gids(&spring.await.ok().json()),
+        ["order-1001"],
+        "labels match exactly"
+    );
+    let capital = settlectl(
+        &url,
+        &["list", "--label", "shop=Spring", "--output", "json"],
+    );
+    assert_eq!(gids(&capital.await.ok().json()), ["order-1002"]);
+    let table = settlectl(&url, &["list", "--unfinished"]).await.ok().stdout;
+    assert!(table.starts_with("GID"), "{table}");
+    for expected in [
+        "order-1001",
+        "COMMITTING",
+        "needs-attention",
+        "waiting: payment",
+    ] {
+        assert!(
+            table.contains(expected),
+            "list table lacks {expected}: {table}"
+        );
+    }
+    assert!(!table.contains("order-1002"), "{table}");
+
+    let stats = settlectl(&url, &["stats", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(stats["by_status"]["COMMITTING"], 1);
+    assert_eq!(stats["by_status"]["COMMITTED"], 1);
+    assert_eq!(stats["by_status"]["ABORTED"], 0);
+    assert_eq!(stats["needs_attention"], 1);
+    assert!(
+        stats["oldest_unfinished_age_ms"].as_i64() > Some(0),
+        "{stats}"
+    );
+    let stats = settlectl(&url, &["stats"]).await.ok().stdout;
+    assert!(stats.contains("needs attention    1"), "{stats}");
+
+    // `show` says why: the failing branch and its last error.
+    let shown = settlectl(&url, &["show", "order-1001"]).await.ok().stdout;
+    for expected in [
+        "waiting on branch 2 (payment)",
+        "temporarily failing",
+        "needs-attention",
+        "next step     fix payment and `settlectl retry order-1001`, or fix it by hand and \
+         `settlectl resolve order-1001 2 --note ...`",
+        "no operator actions",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "show lacks {expected:?}:\n{shown}"
+        );
+    }
+    let shown = settlectl(&url, &["show", "order-1001", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    let branch = &shown["transaction"]["branches"][1];
+    assert_eq!(branch["status"], "PENDING");
+    assert!(branch["attempts"].as_u64() >= Some(2), "{branch}");
+    assert!(
+        branch["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("temporarily failing")),
+        "{branch}"
+    );
+    assert_eq!(branch["payload"], "{\"sku\":\"payment-1\"}");
+
+    // Refusals, with exit codes scripts can rely on.
+    settlectl(&url, &["show", "order-404"])
+        .await
+        .fails(3, "not found: no transaction order-404");
+    settlectl(&url, &["resolve", "order-1001", "2"])
+        .await
+        .usage("--note");
+    settlectl(&url, &["resolve", "order-1001", "2", "--note", " "])
+        .await
+        .fails(2, "--note must say what was fixed by hand");
+    settlectl(&url, &["resolve", "order-1001", "1", "--note", "x"])
+        .await
+        .fails(1, "branch 1 of order-1001 is CONFIRMED");
+    settlectl(&url, &["resolve", "order-1001", "9", "--note", "x"])
+        .await
+        .fails(3, "has no branch 9");
+    settlectl(&url, &["abort", "order-1001"])
+        .await
+        .fails(1, "commit was decided");
+
+    // Resolving the failing branch by hand finishes the commit, although payment still fails.
+    let resolved = settlectl(
+        &url,
+        &[
+            "resolve",
+            "order-1001",
+            "2",
+            "--note",
+            "captured in the PSP console",
+            "--actor",
+            "alice",
+        ],
+    )
+    .await
+    .ok();
+    assert!(
+        resolved.stdout.contains("resolved branch 2 of order-1001"),
+        "{resolved:?}"
+    );
+    let tx = h
+        .wait_for("order-1001", "COMMITTED", |tx| {
+            tx.status() == pb::Status::Committed
+        })
+        .await;
+    assert_eq!(tx.branches[0].status(), pb::BranchStatus::Confirmed);
+    assert_eq!(tx.branches[1].status(), pb::BranchStatus::Resolved);
+
+    let shown = settlectl(&url, &["show", "order-1001", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(shown["explanation"], "finished: committed");
+    let audit = shown["audit"].as_array().expect("audit");
+    assert_eq!(audit.len(), 1, "{shown}");
+    assert_eq!(audit[0]["actor"], "alice");
+    assert_eq!(audit[0]["action"], "resolve");
+    assert_eq!(
+        audit[0]["note"],
+        "branch 2 (payment): captured in the PSP console"
+    );
+    let shown = settlectl(&url, &["show", "order-1001"]).await.ok().stdout;
+    assert!(shown.contains("alice  resolve"), "{shown}");
+
+    settlectl(&url, &["retry", "order-1001"])
+        .await
+        .fails(1, "order-1001 is COMMITTED: nothing to retry");
+    let stats = settlectl(&url, &["stats", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(stats["by_status"]["COMMITTED"], 2);
+    assert_eq!(stats["needs_attention"], 0);
+    assert_eq!(stats["oldest_unfinished_age_ms"], 0);
+    h.stop().await;
+}
+both!(stuck_commit_is_listed_explained_and_resolved);
+
+async fn retry_runs_a_round_now(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // The recovery loop passes once at start and then sleeps: only `retry` drives rounds.
+    let mut config = test_config(&db.url);
+    config.recovery.interval = Duration::from_secs(3_600);
+    let mut h = Harness::start(config).await;
+    let url = h.url();
+    let payment = h.participant("payment").await;
+    payment.answer("confirm", Answer::Fail);
+    h.begin("pay-7", &[], &["payment"]).await;
+    assert_eq!(h.commit("pay-7").await, pb::Status::Committing);
+    assert_eq!(payment.calls_of("confirm", "pay-7"), 1);
+
+    // While the participant still fails, a retry is one more failed round.
+    let again = settlectl(&url, &["retry", "pay-7"]).await.ok();
+    assert!(
+        again.stdout.contains("retried pay-7: still COMMITTING")
+            && again.stdout.contains("temporarily failing"),
+        "{again:?}"
+    );
+    assert_eq!(payment.calls_of("confirm", "pay-7"), 2);
+    assert_eq!(h.get("pay-7").await.attempts, 2);
+
+    // Once it recovers, a retry finishes the commit at once.
+    payment.answer("confirm", Answer::Ok);
+    let done = settlectl_env(
+        &url,
+        &[
+            "retry",
+            "pay-7",
+            "--note",
+            "PSP back up",
+            "--output",
+            "json",
+        ],
+        &[("USER", "bob")],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(done["changed"], true);
+    assert_eq!(done["transaction"]["status"], "COMMITTED");
+    assert_eq!(h.get("pay-7").await.status(), pb::Status::Committed);
+    assert_eq!(payment.calls_of("confirm", "pay-7"), 3);
+
+    let shown = settlectl(&url, &["show", "pay-7", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    let audit: Vec<(String, String, String)> = shown["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .map(|a| {
+            let field = |k: &str| a[k].as_str().expect("text").to_owned();
+            (field("actor"), field("action"), field("note"))
+        })
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            ("admin".to_owned(), "retry".to_owned(), String::new()),
+            (
+                "bob".to_owned(),
+                "retry".to_owned(),
+                "PSP back up".to_owned()
+            ),
+        ],
+        "the actor is --actor, else $USER, else the coordinator's default"
+    );
+    h.stop().await;
+}
+both!(retry_runs_a_round_now);
+
+async fn pause_stops_retries_until_resume(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut h = Harness::start(test_config(&db.url)).await;
+    let url = h.url();
+    let points = h.participant("points").await;
+    points.answer("confirm", Answer::Fail);
+    h.begin("grant-3", &[], &["points"]).await;
+    assert_eq!(h.commit("grant-3").await, pb::Status::Committing);
+    h.wait_for("grant-3", "retried", |tx| tx.attempts >= 2)
+        .await;
+
+    let paused = settlectl(
+        &url,
+        &["pause", "grant-3", "--note", "points ledger frozen"],
+    )
+    .await
+    .ok();
+    assert!(
+        paused.stdout.contains("paused grant-3 (COMMITTING)"),
+        "{paused:?}"
+    );
+    let again = settlectl(&url, &["pause", "grant-3"]).await.ok();
+    assert!(
+        again.stdout.contains("grant-3 was already paused"),
+        "{again:?}"
+    );
+
+    // A round that was running when the pause landed ends without scheduling another.
+    let store = h.engine.store().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let tx = loop {
+        let tx = store.get("grant-3").await.expect("get").expect("exists");
+        if tx.owner.is_none() {
+            break tx;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "round never ended: {tx:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(tx.paused);
+    assert_eq!(
+        tx.next_attempt_at, None,
+        "a paused transaction is not scheduled"
+    );
+
+    // Even with the participant healthy again, recovery leaves it alone.
+    points.answer("confirm", Answer::Ok);
+    let confirms = points.calls_of("confirm", "grant-3");
+    let recovery = RecoveryLoop::new(h.engine.clone(), RecoveryConfig::default());
+    for _ in 0..3 {
+        recovery.pass().await;
+    }
+    let after = store.get("grant-3").await.expect("get").expect("exists");
+    assert_eq!(after.status, Status::Committing);
+    assert_eq!(
+        after.attempts, tx.attempts,
+        "attempts stop growing while paused"
+    );
+    assert_eq!(points.calls_of("confirm", "grant-3"), confirms);
+    settlectl(&url, &["retry", "grant-3"])
+        .await
+        .fails(1, "grant-3 is paused; resume it to retry");
+    let listed = settlectl(&url, &["list", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(listed["transactions"][0]["paused"], true);
+    let shown = settlectl(&url, &["show", "grant-3"]).await.ok().stdout;
+    assert!(shown.contains("paused by an operator"), "{shown}");
+
+    let resumed = settlectl(&url, &["resume", "grant-3", "--note", "ledger thawed"])
+        .await
+        .ok();
+    assert!(resumed.stdout.contains("resumed grant-3"), "{resumed:?}");
+    h.wait_for("grant-3", "COMMITTED", |tx| {
+        tx.status() == pb::Status::Committed
+    })
+    .await;
+    let unpaused = settlectl(&url, &["resume", "grant-3"]).await.ok();
+    assert!(
+        unpaused.stdout.contains("grant-3 was not paused"),
+        "{unpaused:?}"
+    );
+    settlectl(&url, &["pause", "grant-3"])
+        .await
+        .fails(1, "grant-3 is COMMITTED");
+
+    let shown = settlectl(&url, &["show", "grant-3", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    let actions: Vec<&str> = shown["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .map(|a| a["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(actions, ["pause", "resume"], "no-op calls are not audited");
+    h.stop().await;
+}
+both!(pause_stops_retries_until_resume);
+
+async fn abort_only_while_trying(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut h = Harness::start(test_config(&db.url)).await;
+    let url = h.url();
+    let inventory = h.participant("inventory").await;
+
+    h.begin("cart-1", &[], &["inventory"]).await;
+    let aborted = settlectl(
+        &url,
+        &[
+            "abort",
+            "cart-1",
+            "--note",
+            "initiator crashed",
+            "--actor",
+            "carol",
+        ],
+    )
+    .await
+    .ok();
+    assert!(
+        aborted.stdout.contains("aborted cart-1: now ABORTED"),
+        "{aborted:?}"
+    );
+    assert_eq!(inventory.calls_of("cancel", "cart-1"), 1);
+    let tx = h.get("cart-1").await;
+    assert_eq!(tx.status(), pb::Status::Aborted);
+    assert_eq!(tx.reason, "force-aborted by carol: initiator crashed");
+    let again = settlectl(&url, &["abort", "cart-1", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(again["changed"], false);
+
+    h.begin("cart-2", &[], &["inventory"]).await;
+    assert_eq!(h.commit("cart-2").await, pb::Status::Committed);
+    settlectl(&url, &["abort", "cart-2"])
+        .await
+        .fails(1, "cart-2 is COMMITTED: commit was decided");
+    assert_eq!(h.get("cart-2").await.status(), pb::Status::Committed);
+    assert_eq!(inventory.calls_of("cancel", "cart-2"), 0);
+
+    h.begin("cart-3", &[], &["inventory"]).await;
+    settlectl(&url, &["pause", "cart-3"])
+        .await
+        .fails(1, "cart-3 is TRYING");
+    settlectl(&url, &["retry", "cart-3"])
+        .await
+        .fails(1, "cart-3 is TRYING");
+    assert_eq!(h.get("cart-3").await.status(), pb::Status::Trying);
+
+    let shown = settlectl(&url, &["show", "cart-1", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(shown["audit"][0]["action"], "force-abort");
+    assert_eq!(shown["audit"][0]["actor"], "carol");
+    assert_eq!(shown["audit"].as_array().map(Vec::len), Some(1));
+    h.stop().await;
+}
+both!(abort_only_while_trying);
+
+async fn list_pages_with_an_opaque_cursor(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut h = Harness::start(test_config(&db.url)).await;
+    let url = h.url();
+    for i in 0..7 {
+        h.begin(&format!("page-{i}"), &[], &[]).await;
+    }
+
+    let walk = |oldest_first: bool| {
+        let url = url.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut args = vec!["list", "--limit", "3", "--output", "json"];
+                if oldest_first {
+                    args.push("--oldest-first");
+                }
+                if let Some(token) = &token {
+                    args.extend(["--page-token", token.as_str()]);
+                }
+                let page = settlectl(&url, &args).await.ok().json();
+                let gids = gids(&page);
+                assert!(gids.len() <= 3, "{page}");
+                let created: Vec<i64> = page["transactions"]
+                    .as_array()
+                    .expect("transactions")
+                    .iter()
+                    .map(|tx| tx["created_at_ms"].as_i64().expect("created"))
+                    .collect();
+                seen.extend(gids.into_iter().zip(created));
+                match page["next_page_token"].as_str() {
+                    Some(next) => token = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let newest = walk(false).await;
+    let oldest = walk(true).await;
+    assert_eq!(newest.len(), 7, "{newest:?}");
+    let mut distinct: Vec<&String> = newest.iter().map(|(gid, _)| gid).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 7, "{newest:?}");
+    assert!(
+        newest.windows(2).all(|w| w[0].1 >= w[1].1),
+        "newest first: {newest:?}"
+    );
+    let mut reversed = oldest.clone();
+    reversed.reverse();
+    assert_eq!(reversed, newest, "oldest first is the exact reverse");
+
+    let first = settlectl(&url, &["list", "--limit", "3", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    let token = first["next_page_token"].as_str().expect("token").to_owned();
+    settlectl(&url, &["list", "--oldest-first", "--page-token", &token])
+        .await
+        .fails(2, "other order");
+    settlectl(&url, &["list", "--page-token", "not-a-token"])
+        .await
+        .fails(2, "invalid: page_token");
+    let table = settlectl(&url, &["list", "--limit", "3"]).await.ok().stdout;
+    assert!(table.contains(&format!("--page-token {token}")), "{table}");
+
+    let trying = settlectl(&url, &["list", "--status", "TRYING", "--output", "json"]);
+    assert_eq!(gids(&trying.await.ok().json()).len(), 7);
+    let old = settlectl(&url, &["list", "--older-than", "1h", "--output", "json"]);
+    assert!(gids(&old.await.ok().json()).is_empty());
+    let none = settlectl(&url, &["list", "--status", "aborted"]).await.ok();
+    assert_eq!(none.stdout, "no transactions match\n");
+    settlectl(&url, &["list", "--status", "bogus"])
+        .await
+        .usage("bogus");
+    settlectl(&url, &["list", "--limit", "501"])
+        .await
+        .usage("501");
+    settlectl(&url, &["list", "--older-than", "5 minutes"])
+        .await
+        .usage("not a duration");
+    h.stop().await;
+}
+both!(list_pages_with_an_opaque_cursor);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_calls_need_the_token_when_one_is_configured() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.admin_token = Some("s3cret-token".to_owned());
+    let mut h = Harness::start(config).await;
+    let url = h.url();
+
+    settlectl(&url, &["stats"])
+        .await
+        .fails(1, "unauthenticated: admin token required");
+    settlectl(&url, &["stats", "--token", "guess"])
+        .await
+        .fails(1, "unauthenticated: wrong admin token");
+    settlectl(&url, &["show", "x-1", "--token", "s3cret-token!"])
+        .await
+        .fails(1, "unauthenticated");
+    settlectl(&url, &["stats", "--token", "s3cret-token"])
+        .await
+        .ok();
+    settlectl_env(&url, &["stats"], &[("SETTLE_ADMIN_TOKEN", "s3cret-token")])
+        .await
+        .ok();
+
+    // The Coordinator service does not ask for the admin token.
+    h.begin("open-1", &[], &[]).await;
+    assert_eq!(h.commit("open-1").await, pb::Status::Committed);
+    let shown = settlectl(&url, &["show", "open-1", "--token", "s3cret-token"])
+        .await
+        .ok();
+    assert!(shown.stdout.contains("finished: committed"), "{shown:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn settlectl_reports_an_unreachable_coordinator_and_usage_errors() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    };
+    settlectl(&closed, &["stats"])
+        .await
+        .fails(1, &format!("cannot reach the coordinator at {closed}"));
+    settlectl("not a url", &["stats"])
+        .await
+        .fails(2, "is not a URL");
+    let usage = settlectl(&closed, &["frobnicate"]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    let help = settlectl(&closed, &["--help"]).await.ok();
+    assert!(help.stdout.contains("resolve"), "{help:?}");
+}
+
+#[tokio::test]
+async fn settled_refuses_an_exposed_admin_api_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = Command::new(env!("CARGO_BIN_EXE_settled"))
+        .args(["--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .env_remove("SETTLE_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run settled");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("settled: invalid configuration: refusing to serve the Admin API on non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("settle.db").exists(),
+        "refused before touching the database"
+    );
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let exposed = Coordinator::open(test_config(&db.url))
+        .await
+        .expect("open")
+        .spawn("0.0.0.0:0".parse().expect("addr"))
+        .await;
+    assert!(exposed.is_err(), "embedded coordinators refuse too");
+
+    let mut config = test_config(&db.url);
+    config.admin_token = Some("s3cret".to_owned());
+    let running = Coordinator::open(config)
+        .await
+        .expect("open")
+        .spawn("0.0.0.0:0".parse().expect("addr"))
+        .await
+        .expect("a token makes a non-loopback address acceptable");
+    running.stop().await.expect("stop");
+}
