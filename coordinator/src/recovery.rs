@@ -3,8 +3,9 @@
 //! Each pass claims a batch of due transactions (TRYING past their deadline, or in phase
 //! two with their retry time or lease expiry passed), then hands each to the engine,
 //! a bounded number at a time. A full batch means more work is waiting, so the next pass
-//! starts at once; otherwise the loop sleeps for its interval. On shutdown the loop stops
-//! claiming and the caller releases this instance's leases.
+//! starts at once; otherwise the loop sleeps for its interval. Now and then it also deletes
+//! finished transactions past the retention age, a few small batches at a time. On
+//! shutdown the loop stops claiming and the caller releases this instance's leases.
 //!
 //! What to do with a claimed transaction is the engine's business, not the loop's.
 
@@ -25,6 +26,10 @@ pub struct RecoveryConfig {
     pub batch: u32,
     /// Claimed transactions driven at once.
     pub concurrency: usize,
+    /// Finished transactions older than this are deleted; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often retention runs.
+    pub retention_every: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -33,6 +38,8 @@ impl Default for RecoveryConfig {
             interval: Duration::from_secs(1),
             batch: 100,
             concurrency: 32,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_every: Duration::from_secs(60),
         }
     }
 }
@@ -87,9 +94,47 @@ impl RecoveryLoop {
         count
     }
 
+    /// Deletes finished transactions past the retention age: at most ten batches of 500,
+    /// so one call stays short however large the backlog; the next call continues.
+    pub async fn purge(&self) -> u64 {
+        let Some(age) = self.config.retention else {
+            return 0;
+        };
+        const BATCH: i64 = 500;
+        let mut purged = 0;
+        for _ in 0..10 {
+            match self
+                .engine
+                .store()
+                .purge_finished(age.as_millis() as i64, BATCH)
+                .await
+            {
+                Ok(n) => {
+                    purged += n;
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "deleting finished transactions failed");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            debug!(purged, "finished transactions past retention deleted");
+        }
+        purged
+    }
+
     /// Runs passes until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_purge: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
+            if last_purge.is_none_or(|at| at.elapsed() >= self.config.retention_every) {
+                self.purge().await;
+                last_purge = Some(tokio::time::Instant::now());
+            }
             let claimed = self.pass().await;
             if claimed < self.config.batch as usize {
                 tokio::select! {
