@@ -90,6 +90,44 @@ pub struct BeginOptions {
     pub timeout: Duration,
     /// Free-form labels, visible to operators.
     pub labels: HashMap<String, String>,
+    /// Branches registered by Begin itself, in one write; call
+    /// [`Transaction::try_all`] to send their Trys.
+    pub branches: Vec<BranchSpec>,
+}
+
+/// A branch to register with Begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchSpec {
+    /// Participant name.
+    pub participant: String,
+    /// Business action.
+    pub action: String,
+    /// Payload, sent with Try and with the phase-two call.
+    pub payload: Bytes,
+}
+
+impl BranchSpec {
+    /// A branch with a JSON payload.
+    pub fn json<T: Serialize + ?Sized>(
+        participant: &str,
+        action: &str,
+        payload: &T,
+    ) -> Result<BranchSpec, Error> {
+        Ok(BranchSpec::raw(
+            participant,
+            action,
+            serde_json::to_vec(payload)?.into(),
+        ))
+    }
+
+    /// A branch with a raw payload.
+    pub fn raw(participant: &str, action: &str, payload: Bytes) -> BranchSpec {
+        BranchSpec {
+            participant: participant.to_owned(),
+            action: action.to_owned(),
+            payload,
+        }
+    }
 }
 
 /// A connection to a coordinator. Cheap to clone; clones share channels.
@@ -145,7 +183,7 @@ impl Client {
         .await
     }
 
-    /// Begins a transaction with a chosen gid or labels.
+    /// Begins a transaction with a chosen gid, labels, or branches registered at once.
     pub async fn begin_with(&self, options: BeginOptions) -> Result<Transaction, Error> {
         let begun = self
             .coordinator
@@ -155,13 +193,29 @@ impl Client {
                 mode: pb::Mode::Tcc as i32,
                 timeout_ms: options.timeout.as_millis() as u64,
                 labels: options.labels,
+                branches: options
+                    .branches
+                    .iter()
+                    .map(|b| pb::BranchSpec {
+                        participant: b.participant.clone(),
+                        action: b.action.clone(),
+                        payload: b.payload.clone(),
+                    })
+                    .collect(),
             })
             .await
             .map_err(Error::Coordinator)?
             .into_inner();
+        let untried = options
+            .branches
+            .into_iter()
+            .zip(begun.branches)
+            .map(|(spec, registered)| (spec, registered.branch_id, registered.endpoint))
+            .collect();
         Ok(Transaction {
             client: self.clone(),
             gid: begun.gid,
+            untried,
             finished: false,
         })
     }
@@ -199,6 +253,8 @@ impl Client {
 pub struct Transaction {
     client: Client,
     gid: String,
+    /// Branches registered by Begin whose Try has not been sent: (spec, id, endpoint).
+    untried: Vec<(BranchSpec, u32, String)>,
     finished: bool,
 }
 
@@ -241,9 +297,56 @@ impl Transaction {
             .await
             .map_err(Error::Coordinator)?
             .into_inner();
+        self.call_try(
+            participant,
+            action,
+            payload,
+            registered.branch_id,
+            &registered.endpoint,
+        )
+        .await?;
+        Ok(registered.branch_id)
+    }
+
+    /// Sends Try to every branch registered by Begin ([`BeginOptions::branches`]),
+    /// concurrently. The first refusal (or other failure) is returned; abort then.
+    pub async fn try_all(&mut self) -> Result<(), Error> {
+        let untried = std::mem::take(&mut self.untried);
+        let calls = untried.iter().map(|(spec, branch_id, endpoint)| {
+            self.call_try(
+                &spec.participant,
+                &spec.action,
+                spec.payload.clone(),
+                *branch_id,
+                endpoint,
+            )
+        });
+        let results = futures::future::join_all(calls).await;
+        // A refusal says more than a transport error, so it is reported first.
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Err(e) if e.is_refusal() => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn call_try(
+        &self,
+        participant: &str,
+        action: &str,
+        payload: Bytes,
+        branch_id: u32,
+        endpoint: &str,
+    ) -> Result<(), Error> {
         let mut request = tonic::Request::new(pb::BranchRequest {
             gid: self.gid.clone(),
-            branch_id: registered.branch_id,
+            branch_id,
             action: action.to_owned(),
             payload,
         });
@@ -252,14 +355,11 @@ impl Transaction {
         if let Ok(gid) = MetadataValue::try_from(self.gid.as_str()) {
             metadata.insert(context::GID, gid);
         }
-        metadata.insert(
-            context::BRANCH_ID,
-            MetadataValue::from(registered.branch_id),
-        );
+        metadata.insert(context::BRANCH_ID, MetadataValue::from(branch_id));
         metadata.insert(context::OP, MetadataValue::from_static("try"));
-        let mut participant_client = self.client.participant(&registered.endpoint)?;
+        let mut participant_client = self.client.participant(endpoint)?;
         match participant_client.r#try(request).await {
-            Ok(_) => Ok(registered.branch_id),
+            Ok(_) => Ok(()),
             Err(status) if status.code() == Code::Aborted => Err(Error::Refused {
                 participant: participant.to_owned(),
                 reason: status.message().to_owned(),

@@ -703,3 +703,83 @@ async fn health_and_reflection_are_served() {
     }
     coordinator.stop().await.expect("stop");
 }
+
+async fn begin_registers_its_branches_in_one_write(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let recorders = participants(&mut c).await;
+    let spec = |i: usize| pb::BranchSpec {
+        participant: format!("p{i}"),
+        action: "reserve".to_owned(),
+        payload: format!("item-{i}").into_bytes().into(),
+    };
+    let request = pb::BeginRequest {
+        gid: "with-branches".to_owned(),
+        timeout_ms: 30_000,
+        branches: (0..3).map(spec).collect(),
+        ..Default::default()
+    };
+    let begun = c.begin(request.clone()).await.expect("begin").into_inner();
+    let ids: Vec<u32> = begun.branches.iter().map(|b| b.branch_id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    for (branch, recorder) in begun.branches.iter().zip(&recorders) {
+        assert_eq!(branch.endpoint, recorder.url);
+    }
+    // Repeated: the same transaction and branches, nothing added.
+    let again = c.begin(request).await.expect("begin again").into_inner();
+    assert!(!again.created);
+    assert_eq!(again.branches, begun.branches);
+    // More can still be registered one by one.
+    let fourth = c
+        .register_branch(pb::RegisterBranchRequest {
+            gid: begun.gid.clone(),
+            participant: "p0".to_owned(),
+            action: "extra".to_owned(),
+            payload: Default::default(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(fourth.branch_id, 4);
+    assert_eq!(
+        commit(&mut c, &begun.gid).await.expect("commit"),
+        pb::Status::Committed
+    );
+    assert_eq!(recorders[0].calls_of("confirm", &begun.gid), 2);
+    assert_eq!(recorders[1].calls_of("confirm", &begun.gid), 1);
+    assert_eq!(
+        get(&mut c, &begun.gid).await.branches[2].payload.as_ref(),
+        b"item-2"
+    );
+
+    // A bad branch refuses the whole Begin and creates nothing.
+    let mut bad = pb::BeginRequest {
+        gid: "bad-branches".to_owned(),
+        timeout_ms: 30_000,
+        branches: vec![
+            spec(0),
+            pb::BranchSpec {
+                participant: "nobody".into(),
+                ..spec(1)
+            },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(code(c.begin(bad.clone()).await), Code::NotFound);
+    bad.branches[1].participant = String::new();
+    assert_eq!(code(c.begin(bad.clone()).await), Code::InvalidArgument);
+    bad.branches = (0..65).map(|i| spec(i % 3)).collect();
+    assert_eq!(code(c.begin(bad).await), Code::InvalidArgument);
+    assert_eq!(
+        code(
+            c.get(pb::GetRequest {
+                gid: "bad-branches".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    coordinator.stop().await.expect("stop");
+}
+both!(begin_registers_its_branches_in_one_write);

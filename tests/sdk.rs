@@ -204,3 +204,38 @@ async fn store_pool(url: &str) -> sqlx::AnyPool {
         .pool()
         .clone()
 }
+
+async fn branches_registered_with_begin_are_tried_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let shop = shop(backend, &coordinator.url()).await;
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+    let options = |qty: [i64; 3]| settle::client::BeginOptions {
+        timeout: Duration::from_secs(30),
+        branches: (0..3)
+            .map(|i| {
+                settle::client::BranchSpec::json(&format!("s{i}"), "reserve", &apples(qty[i]))
+                    .expect("json")
+            })
+            .collect(),
+        ..Default::default()
+    };
+
+    let mut tx = client.begin_with(options([1, 2, 3])).await.expect("begin");
+    tx.try_all().await.expect("every Try");
+    assert_eq!(tx.commit().await.expect("commit"), Status::Committed);
+    assert_eq!(shop.stock().await, vec![(9, 0, 1), (8, 0, 2), (7, 0, 3)]);
+
+    let mut tx = client.begin_with(options([1, 20, 1])).await.expect("begin");
+    let refused = tx.try_all().await.expect_err("s1 has no 20 apples");
+    assert!(refused.is_refusal(), "{refused}");
+    assert_eq!(tx.abort("refused").await.expect("abort"), Status::Aborted);
+    assert_eq!(
+        shop.stock().await,
+        vec![(9, 0, 1), (8, 0, 2), (7, 0, 3)],
+        "nothing held"
+    );
+    shop.stop().await;
+    coordinator.stop().await.expect("stop");
+}
+both!(branches_registered_with_begin_are_tried_together);

@@ -22,7 +22,10 @@ use crate::{
     id,
     model::{Branch, BranchStatus, GlobalTx, Mode, Status},
     retry::RetryPolicy,
-    store::{self, BranchOutcome, Escalation, Lease, Refusal, RegisterRefusal, RoundResult, Store},
+    store::{
+        self, BranchOutcome, Escalation, Lease, NewBranch, Refusal, RegisterRefusal, RoundResult,
+        Store,
+    },
     validate::{self, Invalid},
 };
 
@@ -77,6 +80,8 @@ pub struct Begun {
     pub tx: GlobalTx,
     /// False when the gid already existed.
     pub created: bool,
+    /// The branches registered with it (for an existing gid: all of its branches).
+    pub branches: Vec<Registered>,
 }
 
 /// A registered branch.
@@ -153,12 +158,14 @@ impl Engine {
         self.inner.config.lease().as_millis() as i64
     }
 
-    /// Starts a TCC transaction, or returns the one that already has this gid.
+    /// Starts a TCC transaction with its first branches (possibly none), or returns the one
+    /// that already has this gid, with its branches.
     pub async fn begin(
         &self,
         gid: &str,
         timeout_ms: u64,
         labels: &HashMap<String, String>,
+        branches: &[NewBranch<'_>],
     ) -> Result<Begun> {
         let gid = if gid.is_empty() {
             id::new_gid()
@@ -168,22 +175,90 @@ impl Engine {
         };
         validate::timeout(timeout_ms)?;
         validate::labels(labels)?;
+        let max = self.inner.config.limits.max_branches;
+        if branches.len() > max as usize {
+            return Err(Error::Invalid(Invalid(format!(
+                "{} branches given; at most {max} allowed",
+                branches.len()
+            ))));
+        }
+        let mut endpoints = Vec::with_capacity(branches.len());
+        for branch in branches {
+            endpoints.push(
+                self.check_branch(branch.participant, branch.action, branch.payload)
+                    .await?,
+            );
+        }
         let labels: BTreeMap<String, String> =
             labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (tx, created) = self
             .inner
             .store
-            .begin(&gid, Mode::Tcc, Status::Trying, timeout_ms as i64, &labels)
+            .begin(
+                &gid,
+                Mode::Tcc,
+                Status::Trying,
+                timeout_ms as i64,
+                &labels,
+                branches,
+            )
             .await?;
         if tx.mode != Mode::Tcc {
             return Err(Error::FailedPrecondition(format!(
                 "gid {gid} belongs to a saga, not a TCC transaction"
             )));
         }
-        if created {
-            info!(gid = %tx.gid, deadline = tx.deadline, "begun");
-        }
-        Ok(Begun { tx, created })
+        let registered = if created {
+            info!(gid = %tx.gid, deadline = tx.deadline, branches = branches.len(), "begun");
+            endpoints
+                .into_iter()
+                .zip(1..)
+                .map(|(endpoint, branch_id)| Registered {
+                    branch_id,
+                    endpoint,
+                })
+                .collect()
+        } else {
+            let mut registered = Vec::new();
+            for branch in self.inner.store.branches(&gid).await? {
+                let endpoint = self
+                    .inner
+                    .directory
+                    .resolve(&branch.participant)
+                    .await?
+                    .map(|r| r.endpoint)
+                    .unwrap_or_default();
+                registered.push(Registered {
+                    branch_id: branch.branch_id,
+                    endpoint,
+                });
+            }
+            registered
+        };
+        Ok(Begun {
+            tx,
+            created,
+            branches: registered,
+        })
+    }
+
+    /// Validates a branch and resolves its participant; returns the endpoint.
+    async fn check_branch(
+        &self,
+        participant: &str,
+        action: &str,
+        payload: &[u8],
+    ) -> Result<String> {
+        validate::participant(participant)?;
+        validate::action(action)?;
+        validate::payload(payload, self.inner.config.limits.max_payload)?;
+        Ok(self
+            .inner
+            .directory
+            .resolve(participant)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("unknown participant {participant:?}")))?
+            .endpoint)
     }
 
     /// Adds a branch to a TRYING transaction before its deadline.
@@ -195,15 +270,7 @@ impl Engine {
         payload: &[u8],
     ) -> Result<Registered> {
         validate::gid(gid)?;
-        validate::participant(participant)?;
-        validate::action(action)?;
-        validate::payload(payload, self.inner.config.limits.max_payload)?;
-        let resolved = self
-            .inner
-            .directory
-            .resolve(participant)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("unknown participant {participant:?}")))?;
+        let endpoint = self.check_branch(participant, action, payload).await?;
         let max = i64::from(self.inner.config.limits.max_branches);
         match self
             .inner
@@ -213,7 +280,7 @@ impl Engine {
         {
             Ok(branch_id) => Ok(Registered {
                 branch_id,
-                endpoint: resolved.endpoint,
+                endpoint,
             }),
             Err(RegisterRefusal::NotFound) => Err(not_found(gid)),
             Err(RegisterRefusal::TooManyBranches(n)) => Err(Error::FailedPrecondition(format!(

@@ -28,7 +28,7 @@ use common::{
     Answer, Backend, Recorder, TestDb, client, get, start_coordinator, test_config, wait_for_status,
 };
 use settle::{Branch, Participant, participant::Error};
-use settle_coordinator::retry::RetryPolicy;
+use settle_coordinator::{retry::RetryPolicy, store::NewBranch};
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use sqlx::{AnyConnection, Row};
 use tonic::transport::Channel;
@@ -470,16 +470,14 @@ async fn two_settled_share_a_postgres_backlog_without_calling_a_branch_twice() {
                         settle_coordinator::model::Status::Trying,
                         600_000,
                         &Default::default(),
+                        &["a", "b"].map(|participant| NewBranch {
+                            participant,
+                            action: "x",
+                            payload: b"",
+                        }),
                     )
                     .await
                     .expect("begin");
-                for p in ["a", "b"] {
-                    store
-                        .register_branch(&gid, p, "x", b"", 64)
-                        .await
-                        .expect("register")
-                        .expect("registered");
-                }
                 store
                     .decide_commit(&gid, "ghost", 0)
                     .await

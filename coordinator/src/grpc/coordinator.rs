@@ -7,7 +7,7 @@ use tracing::Span;
 use crate::{
     engine::Engine,
     saga::{self, Submission},
-    store::saga::NewStep,
+    store::{NewBranch, saga::NewStep},
 };
 
 /// The Coordinator gRPC service.
@@ -45,9 +45,18 @@ impl Coordinator for CoordinatorService {
                 )));
             }
         }
+        let branches: Vec<NewBranch<'_>> = req
+            .branches
+            .iter()
+            .map(|b| NewBranch {
+                participant: &b.participant,
+                action: &b.action,
+                payload: &b.payload,
+            })
+            .collect();
         let begun = self
             .engine
-            .begin(&req.gid, req.timeout_ms, &req.labels)
+            .begin(&req.gid, req.timeout_ms, &req.labels, &branches)
             .await?;
         Span::current().record("gid", begun.tx.gid.as_str());
         Ok(Response::new(pb::BeginResponse {
@@ -55,6 +64,14 @@ impl Coordinator for CoordinatorService {
             deadline_ms: begun.tx.deadline,
             status: begun.tx.status.to_proto() as i32,
             created: begun.created,
+            branches: begun
+                .branches
+                .into_iter()
+                .map(|r| pb::RegisterBranchResponse {
+                    branch_id: r.branch_id,
+                    endpoint: r.endpoint,
+                })
+                .collect(),
         }))
     }
 

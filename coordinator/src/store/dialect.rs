@@ -3,7 +3,12 @@
 //! set-up and URL handling. The statements themselves live in `store/mod.rs` and are written
 //! once, with `{now}` standing for the clock and `{skip_locked}` for claim locking.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use sqlx::{
     Executor,
@@ -13,7 +18,7 @@ use sqlx::{
 use super::Error;
 
 /// Which database a URL points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
     /// Embedded, one process.
     Sqlite,
@@ -67,6 +72,34 @@ impl Dialect {
             .replace("{now}", self.now_ms())
             .replace("{skip_locked}", self.skip_locked());
         Box::leak(sql.into_boxed_str())
+    }
+
+    /// `INSERT INTO branch` of `n` branches numbered 1..=n in one statement: `$1` is the
+    /// gid, then participant, action and payload for each branch. Rendered once per count.
+    pub fn insert_branches(self, n: usize) -> &'static str {
+        static CACHE: OnceLock<Mutex<HashMap<(Dialect, usize), &'static str>>> = OnceLock::new();
+        let mut cache = CACHE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cache.entry((self, n)).or_insert_with(|| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| {
+                    let p = 2 + 3 * i;
+                    format!(
+                        "($1, {}, ${p}, ${}, ${}, 'PENDING', {{now}}, {{now}})",
+                        i + 1,
+                        p + 1,
+                        p + 2
+                    )
+                })
+                .collect();
+            self.render(&format!(
+                "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
+                 created_at, updated_at) VALUES {}",
+                rows.join(", ")
+            ))
+        })
     }
 
     /// Opens a pool. SQLite files are created when missing and run in WAL mode with

@@ -59,8 +59,8 @@ macro_rules! statements {
 
 statements! {
     begin = "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-                 created_at, updated_at) \
-             VALUES ($1, $2, $3, {now} + $4, {now} + $4, $5, {now}, {now}) \
+                 branch_count, created_at, updated_at) \
+             VALUES ($1, $2, $3, {now} + $4, {now} + $4, $5, $6, {now}, {now}) \
              ON CONFLICT (gid) DO NOTHING \
              RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
                  branch_count, labels, reason, needs_attention, paused, decided_at, \
@@ -91,6 +91,8 @@ statements! {
                     RETURNING version";
     branch_done = "UPDATE branch SET status = $3, updated_at = {now}, next_attempt_at = NULL \
                    WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
+    all_branches_done = "UPDATE branch SET status = $2, updated_at = {now}, next_attempt_at = NULL \
+                         WHERE gid = $1 AND status = 'PENDING'";
     branch_failed = "UPDATE branch SET attempts = attempts + 1, last_error = $3, \
                          next_attempt_at = {now} + $4, updated_at = {now} \
                      WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
@@ -138,6 +140,17 @@ mod admin;
 mod retention;
 
 pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
+
+/// A branch registered together with its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewBranch<'a> {
+    /// Participant name.
+    pub participant: &'a str,
+    /// Business action.
+    pub action: &'a str,
+    /// Opaque payload.
+    pub payload: &'a [u8],
+}
 
 /// What a compare-and-set decision found when it did not win.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,8 +282,9 @@ impl Store {
         Ok(self.pool.begin_with(self.dialect.begin_write()).await?)
     }
 
-    /// Inserts a TRYING (or RUNNING) transaction, or returns the existing one with the same
-    /// gid. The boolean is true when this call created it.
+    /// Inserts a TRYING transaction together with its first branches (ids 1, 2, …), in
+    /// one database transaction, or returns the existing one with the same gid (and adds
+    /// nothing). The boolean is true when this call created it.
     pub async fn begin(
         &self,
         gid: &str,
@@ -278,17 +292,35 @@ impl Store {
         status: Status,
         timeout_ms: i64,
         labels: &BTreeMap<String, String>,
+        branches: &[NewBranch<'_>],
     ) -> Result<(GlobalTx, bool)> {
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
-        let row = sqlx::query(self.sql.begin)
+        let insert = sqlx::query(self.sql.begin)
             .bind(gid)
             .bind(mode.as_str())
             .bind(status.as_str())
             .bind(timeout_ms)
             .bind(labels)
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(branches.len() as i64);
+        let row = if branches.is_empty() {
+            insert.fetch_optional(&self.pool).await?
+        } else {
+            let mut tx = self.write_tx().await?;
+            let row = insert.fetch_optional(&mut *tx).await?;
+            if row.is_some() {
+                let mut query = sqlx::query(self.dialect.insert_branches(branches.len())).bind(gid);
+                for branch in branches {
+                    query = query
+                        .bind(branch.participant)
+                        .bind(branch.action)
+                        .bind(branch.payload);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            row
+        };
         match row {
             Some(row) => Ok((tx_from_row(&row)?, true)),
             None => match self.get(gid).await? {
@@ -426,26 +458,36 @@ impl Store {
         escalation: Escalation,
     ) -> Result<RoundResult> {
         let mut tx = self.write_tx().await?;
-        let mut all_done = true;
-        for (branch_id, outcome) in outcomes {
-            match outcome {
-                BranchOutcome::Done(status) => {
-                    sqlx::query(self.sql.branch_done)
-                        .bind(&lease.gid)
-                        .bind(i64::from(*branch_id))
-                        .bind(status.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                BranchOutcome::Failed { error, retry_in_ms } => {
-                    all_done = false;
-                    sqlx::query(self.sql.branch_failed)
-                        .bind(&lease.gid)
-                        .bind(i64::from(*branch_id))
-                        .bind(error.as_str())
-                        .bind(*retry_in_ms)
-                        .execute(&mut *tx)
-                        .await?;
+        let all_done = outcomes
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, BranchOutcome::Done(_)));
+        if all_done && !outcomes.is_empty() {
+            // The usual round: every pending branch succeeded, so one statement records it.
+            sqlx::query(self.sql.all_branches_done)
+                .bind(&lease.gid)
+                .bind(done_status(outcomes).as_str())
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            for (branch_id, outcome) in outcomes {
+                match outcome {
+                    BranchOutcome::Done(status) => {
+                        sqlx::query(self.sql.branch_done)
+                            .bind(&lease.gid)
+                            .bind(i64::from(*branch_id))
+                            .bind(status.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    BranchOutcome::Failed { error, retry_in_ms } => {
+                        sqlx::query(self.sql.branch_failed)
+                            .bind(&lease.gid)
+                            .bind(i64::from(*branch_id))
+                            .bind(error.as_str())
+                            .bind(*retry_in_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
             }
         }
@@ -524,6 +566,18 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?)
     }
+}
+
+/// The status a round's successes move their branches to (one per round: CONFIRMED or
+/// CANCELLED).
+fn done_status(outcomes: &[(u32, BranchOutcome)]) -> BranchStatus {
+    outcomes
+        .iter()
+        .find_map(|(_, outcome)| match outcome {
+            BranchOutcome::Done(status) => Some(*status),
+            BranchOutcome::Failed { .. } => None,
+        })
+        .unwrap_or(BranchStatus::Pending)
 }
 
 fn corrupt(what: &str, value: &str) -> Error {
