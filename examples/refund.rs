@@ -1,5 +1,7 @@
-//! Refunds: buyers purchase, then half of them ask for their money back. Each refund is one
-//! TCC transaction across order, payment and inventory; every refund is also replayed once
+//! Refunds: buyers purchase, then half of them ask for their money back, in both forms the
+//! shop offers: half of the refunds as one TCC transaction across order, payment and
+//! inventory, the other half as a saga (order refunded, then money back and restock in
+//! parallel, compensated in reverse if a step refuses). Every refund is also replayed once
 //! (a double click, a retried request), and the replay is refused without a second effect.
 //! Then the shop's invariants are checked: stock, money and points back exactly once.
 //!
@@ -81,42 +83,44 @@ async fn main() -> support::Result<()> {
         .cloned()
         .collect();
     // Each refund is sent twice, concurrently: exactly one of each pair may take effect.
+    // Orders of users divisible by four are refunded by saga, the others by TCC.
     let refunds: Vec<_> =
         futures::stream::iter(to_refund.iter().flat_map(|o| [o.clone(), o.clone()]))
             .map(|order| {
                 let client = embedded.client.clone();
-                async move { flows::refund(&client, &order).await }
+                async move {
+                    if order.user_id % 4 == 0 {
+                        flows::refund_saga(&client, &order)
+                            .await
+                            .map(|o| ("saga", o))
+                            .map_err(|e| e.to_string())
+                    } else {
+                        flows::refund(&client, &order)
+                            .await
+                            .map(|o| ("tcc", o))
+                            .map_err(|e| e.to_string())
+                    }
+                }
             })
             .buffer_unordered(args.concurrency)
             .collect()
             .await;
-    let mut refunded = 0;
-    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refunded: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut replays_refused: BTreeMap<&str, usize> = BTreeMap::new();
     for outcome in refunds {
         match outcome? {
-            Outcome::Done(gid) => {
-                refunded += 1;
+            (form, Outcome::Done(gid)) => {
+                *refunded.entry(form).or_default() += 1;
                 committed.push(gid);
             }
-            Outcome::Refused {
-                participant,
-                reason,
-            } => {
-                let reason = reason.split(' ').next_back().unwrap_or_default().to_owned();
-                *refused
-                    .entry(format!("{participant}: …{reason}"))
-                    .or_default() += 1;
-            }
+            (form, Outcome::Refused { .. }) => *replays_refused.entry(form).or_default() += 1,
         }
     }
-    println!(
-        "refunded     {refunded} of {} orders ({} requests)",
-        to_refund.len(),
-        to_refund.len() * 2
-    );
-    for (reason, n) in &refused {
-        println!("replays      {n:>6}  {reason}");
+    for (form, n) in &refunded {
+        let replays = replays_refused.get(form).copied().unwrap_or(0);
+        println!("refunded     {n:>6}  by {form} ({replays} replays refused)");
     }
+    let refunded: usize = refunded.values().sum();
     let stock = shop.inventory.stock(SKU).await?.ok_or("sku vanished")?;
     let money = shop.payment.totals().await?;
     println!(

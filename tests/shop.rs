@@ -600,3 +600,111 @@ async fn refund_phase_two_is_retried_until_done(backend: Backend) {
     coordinator.stop().await.expect("stop");
 }
 both!(refund_phase_two_is_retried_until_done);
+
+async fn refund_as_a_saga_restores_everything_once_or_compensates(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let shop = TestShop::start(backend, &coordinator.url()).await;
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+    shop.inventory.restock(SKU, 3).await.expect("restock");
+    shop.payment
+        .open_accounts(&[1, 2], 1_000)
+        .await
+        .expect("accounts");
+    shop.points
+        .open_accounts(&[1, 2], 100)
+        .await
+        .expect("points");
+    let opening = Opening {
+        money: 2_000,
+        points: 200,
+    };
+
+    let mut orders = Vec::new();
+    for user in [1, 2] {
+        let Outcome::Done(id) = flows::purchase(&client, &purchase(user))
+            .await
+            .expect("flow")
+        else {
+            panic!("purchase refused");
+        };
+        orders.push(shop.orders.order(&id).await.expect("read").expect("order"));
+    }
+    let pay = PointsPay {
+        user_id: 1,
+        campaign: "p".into(),
+        sku: "V".into(),
+        qty: 1,
+        points: 40,
+    };
+    let Outcome::Done(points_id) = flows::points_pay(&client, &pay).await.expect("flow") else {
+        panic!("points-pay refused");
+    };
+    let points_order = shop
+        .orders
+        .order(&points_id)
+        .await
+        .expect("read")
+        .expect("order");
+
+    // Refunded by saga, then replayed: the replay stops at the order step, nothing moves.
+    for order in [&orders[0], &points_order] {
+        let refunded = flows::refund_saga(&client, order).await.expect("saga");
+        assert!(matches!(refunded, Outcome::Done(_)), "{refunded:?}");
+        let replay = flows::refund_saga(&client, order).await.expect("saga");
+        assert!(
+            matches!(&replay, Outcome::Refused { reason, .. } if reason.contains("not paid")),
+            "{replay:?}"
+        );
+    }
+    assert_eq!(
+        shop.payment
+            .account(1)
+            .await
+            .expect("a")
+            .expect("a")
+            .balance,
+        1_000
+    );
+    assert_eq!(
+        shop.points.account(1).await.expect("p").expect("p").usable,
+        100 + 10
+    );
+
+    // A restock that cannot happen (more units than were sold) refuses after the order and
+    // the money moved: the coordinator compensates both, in reverse order.
+    let mut forged = orders[1].clone();
+    forged.qty = 5;
+    let refused = flows::refund_saga(&client, &forged).await.expect("saga");
+    assert!(
+        matches!(&refused, Outcome::Refused { reason, .. } if reason.contains("fewer than 5")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        shop.orders
+            .order(&forged.order_id)
+            .await
+            .expect("r")
+            .expect("o")
+            .status,
+        "PAID"
+    );
+    let account = shop.payment.account(2).await.expect("a").expect("a");
+    assert_eq!(
+        (account.balance, account.frozen),
+        (900, 0),
+        "the credit was taken back"
+    );
+
+    let stock = shop
+        .inventory
+        .stock(SKU)
+        .await
+        .expect("stock")
+        .expect("sku");
+    assert_eq!((stock.available, stock.reserved, stock.sold), (2, 0, 1));
+    assert_eq!(shop.check(opening).await, Vec::<String>::new());
+    shop.stop().await;
+    coordinator.stop().await.expect("stop");
+}
+both!(refund_as_a_saga_restores_everything_once_or_compensates);

@@ -1,6 +1,7 @@
 //! The flows the shop exists for, as initiator-side functions over the SDK client:
 //! flash-sale **purchase** (inventory + order + payment + points reward), **points-pay**
-//! (order + points) and **refund** (order + money or points back + restock).
+//! (order + points) and **refund** (order + money or points back + restock), the last one
+//! also as a saga ([`refund_saga`]).
 //!
 //! Each flow is one TCC transaction. A business refusal aborts it and comes back as
 //! [`Outcome::Refused`]; any other error aborts it too and is returned. Phase two is the
@@ -11,6 +12,7 @@ use std::time::Duration;
 use settle::{
     Client,
     client::{BeginOptions, BranchSpec, Error, Status},
+    saga,
 };
 
 use crate::{
@@ -192,6 +194,72 @@ pub async fn refund(client: &Client, order: &Order) -> Result<Outcome, Error> {
     };
     let tried = tried.await;
     finish(tx, tried).await
+}
+
+/// The refund as a saga: the order moves straight to REFUNDED, then the money (or points)
+/// goes back and, for a purchase, the units return to stock, in parallel. A step that
+/// refuses (the order is not paid) ends it before anything moved; a later failure is
+/// compensated in reverse order by the coordinator. Waits until the saga is final.
+pub async fn refund_saga(client: &Client, order: &Order) -> Result<Outcome, saga::Error> {
+    let refund = RefundOrder {
+        order_id: order.order_id.clone(),
+    };
+    let saga = client
+        .saga()
+        .timeout(TIMEOUT)
+        .step(ORDER, "refund", &refund);
+    let saga = if order.pay_with == "points" {
+        let back = PointsMove {
+            user_id: order.user_id,
+            points: order.amount,
+            out_trade_no: order.order_id.clone(),
+        };
+        saga.step(POINTS, "refund", &back)
+    } else {
+        let back = Refund {
+            out_trade_no: order.order_id.clone(),
+        };
+        let units = Units {
+            sku: order.sku.clone(),
+            qty: order.qty,
+        };
+        saga.parallel([
+            saga::Step::new(PAYMENT, "refund", &back),
+            saga::Step::new(INVENTORY, "restock", &units),
+        ])
+    };
+    let submitted = saga.submit().await?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut status = submitted.status;
+    loop {
+        match status {
+            Status::Committed => return Ok(Outcome::Done(submitted.gid)),
+            Status::Aborted => {
+                let tx = client.get(&submitted.gid).await.map_err(|e| match e {
+                    Error::Coordinator(status) => saga::Error::Coordinator(status),
+                    other => {
+                        saga::Error::Coordinator(tonic::Status::unavailable(other.to_string()))
+                    }
+                })?;
+                return Ok(Outcome::Refused {
+                    participant: "saga".to_owned(),
+                    reason: tx.reason,
+                });
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(saga::Error::Coordinator(tonic::Status::deadline_exceeded(
+                    format!("{} is still {status:?}", submitted.gid),
+                )));
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                status = match client.get(&submitted.gid).await {
+                    Ok(tx) => tx.status(),
+                    Err(_) => status,
+                };
+            }
+        }
+    }
 }
 
 /// Commits when every Try succeeded; otherwise aborts, and reports a refusal as an outcome.

@@ -4,7 +4,8 @@
 //! never read-then-write — so concurrent buyers can never oversell. Once a SKU is sold out,
 //! a Try for it is refused from an in-memory flag before the database is touched; the flag
 //! clears when stock comes back (a cancelled reservation, a refund's restock, a restock).
-//! `restock` (refund) moves sold units back through reserved to available.
+//! `restock` (refund) moves sold units back through reserved to available; as a saga step
+//! it moves them straight back, and its compensation sells them again.
 //!
 //! Orders, money and points belong to the other services.
 
@@ -245,5 +246,46 @@ impl Participant for Inventory {
             self.set_sold_out(&units.sku, false);
         }
         Ok(())
+    }
+
+    async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        let units = units(branch)?;
+        match branch.action.as_str() {
+            "restock" => {
+                let sql = "UPDATE sku SET sold = sold - $1, available = available + $1 \
+                           WHERE sku = $2 AND sold >= $1";
+                match exec(conn, sql, &units).await? {
+                    0 => Err(Error::refuse(format!(
+                        "fewer than {} units of {} sold",
+                        units.qty, units.sku
+                    ))),
+                    _ => {
+                        self.set_sold_out(&units.sku, false);
+                        Ok(())
+                    }
+                }
+            }
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn compensate(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        let units = units(branch)?;
+        match branch.action.as_str() {
+            "restock" => {
+                // The restocked units may have been bought again meanwhile; then this fails
+                // and is retried (and escalated) until stock allows it or an operator steps in.
+                let sql = "UPDATE sku SET available = available - $1, sold = sold + $1 \
+                           WHERE sku = $2 AND available >= $1";
+                match exec(conn, sql, &units).await? {
+                    0 => Err(Error::Failed(format!(
+                        "{} units of {} are no longer available",
+                        units.qty, units.sku
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            other => Err(unknown(other)),
+        }
     }
 }

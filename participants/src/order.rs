@@ -1,7 +1,8 @@
 //! The order service: one order per purchase, PENDING → PAID (→ REFUNDING → REFUNDED) or
 //! CANCELLED.
 //!
-//! The order id is the gid of the transaction that created it. A unique index allows at
+//! The order id is the gid of the transaction that created it. As a saga step, `refund`
+//! executes PAID → REFUNDED at once and compensates REFUNDED → PAID. A unique index allows at
 //! most one live order (PENDING, PAID or REFUNDING) per user and campaign, so a second
 //! purchase by the same user is refused by the database itself, whatever the concurrency.
 //!
@@ -231,6 +232,34 @@ impl Participant for Orders {
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
                 transition(conn, &refund.order_id, "REFUNDING", "PAID")
+                    .await
+                    .map(drop)
+            }
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        match branch.action.as_str() {
+            "refund" => {
+                let refund: RefundOrder = branch.json()?;
+                if !transition(conn, &refund.order_id, "PAID", "REFUNDED").await? {
+                    return Err(Error::refuse(format!(
+                        "order {} is not paid",
+                        refund.order_id
+                    )));
+                }
+                Ok(())
+            }
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn compensate(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        match branch.action.as_str() {
+            "refund" => {
+                let refund: RefundOrder = branch.json()?;
+                transition(conn, &refund.order_id, "REFUNDED", "PAID")
                     .await
                     .map(drop)
             }

@@ -3,7 +3,8 @@
 //! `pay`: Try freezes the amount (refused when the balance is short — never negative),
 //! Confirm debits it and writes the payment log, Cancel unfreezes it. `refund`: Try checks
 //! that the payment exists and is not refunded, Confirm credits it back with a refund log.
-//! The log's key (out_trade_no, type) makes a replayed payment or refund count once.
+//! The log's key (out_trade_no, type) makes a replayed payment or refund count once. As a
+//! saga step, `refund` credits at once, and its compensation takes the credit back.
 //!
 //! Orders, stock and points belong to the other services.
 
@@ -176,6 +177,32 @@ fn unknown(action: &str) -> Error {
     Error::BadPayload(format!("payment has no action {action:?}"))
 }
 
+/// Writes the refund log row and credits the payment back; only the call that wrote the
+/// row credits, so a replay counts once.
+async fn credit_refund(conn: &mut AnyConnection, out_trade_no: &str) -> Result<(), Error> {
+    let credited = sqlx::query(
+        "INSERT INTO pay_log (out_trade_no, type, user_id, amount, created_at) \
+         SELECT out_trade_no, 'refund', user_id, amount, $2 FROM pay_log \
+         WHERE out_trade_no = $1 AND type = 'pay' \
+         ON CONFLICT (out_trade_no, type) DO NOTHING",
+    )
+    .bind(out_trade_no)
+    .bind(service::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    if credited.rows_affected() == 1 {
+        sqlx::query(
+            "UPDATE account SET balance = balance + \
+             (SELECT amount FROM pay_log WHERE out_trade_no = $1 AND type = 'refund') \
+             WHERE user_id = (SELECT user_id FROM pay_log WHERE out_trade_no = $1 AND type = 'refund')",
+        )
+        .bind(out_trade_no)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Participant for Payment {
     async fn r#try(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
@@ -240,31 +267,7 @@ impl Participant for Payment {
                 .await?;
                 Ok(())
             }
-            "refund" => {
-                let refund: Refund = branch.json()?;
-                // The refund log row is written first; only the call that wrote it credits.
-                let credited = sqlx::query(
-                    "INSERT INTO pay_log (out_trade_no, type, user_id, amount, created_at) \
-                     SELECT out_trade_no, 'refund', user_id, amount, $2 FROM pay_log \
-                     WHERE out_trade_no = $1 AND type = 'pay' \
-                     ON CONFLICT (out_trade_no, type) DO NOTHING",
-                )
-                .bind(&refund.out_trade_no)
-                .bind(service::now_ms())
-                .execute(&mut *conn)
-                .await?;
-                if credited.rows_affected() == 1 {
-                    sqlx::query(
-                        "UPDATE account SET balance = balance + \
-                         (SELECT amount FROM pay_log WHERE out_trade_no = $1 AND type = 'refund') \
-                         WHERE user_id = (SELECT user_id FROM pay_log WHERE out_trade_no = $1 AND type = 'refund')",
-                    )
-                    .bind(&refund.out_trade_no)
-                    .execute(conn)
-                    .await?;
-                }
-                Ok(())
-            }
+            "refund" => credit_refund(conn, &branch.json::<Refund>()?.out_trade_no).await,
             other => Err(unknown(other)),
         }
     }
@@ -282,6 +285,52 @@ impl Participant for Payment {
             }
             // A refund's Try changed nothing.
             "refund" => Ok(()),
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        match branch.action.as_str() {
+            "refund" => {
+                let refund: Refund = branch.json()?;
+                let paid: Option<i64> = sqlx::query_scalar(
+                    "SELECT amount FROM pay_log WHERE out_trade_no = $1 AND type = 'pay'",
+                )
+                .bind(&refund.out_trade_no)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if paid.is_none() {
+                    return Err(Error::refuse(format!(
+                        "nothing paid for {}",
+                        refund.out_trade_no
+                    )));
+                }
+                credit_refund(conn, &refund.out_trade_no).await
+            }
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn compensate(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        match branch.action.as_str() {
+            "refund" => {
+                let refund: Refund = branch.json()?;
+                // Take the credit back, then forget the refund; if the money was spent
+                // meanwhile the balance check fails and this is retried (and escalated).
+                sqlx::query(
+                    "UPDATE account SET balance = balance - \
+                     (SELECT amount FROM pay_log WHERE out_trade_no = $1 AND type = 'refund') \
+                     WHERE user_id = (SELECT user_id FROM pay_log WHERE out_trade_no = $1 AND type = 'refund')",
+                )
+                .bind(&refund.out_trade_no)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("DELETE FROM pay_log WHERE out_trade_no = $1 AND type = 'refund'")
+                    .bind(&refund.out_trade_no)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
             other => Err(unknown(other)),
         }
     }

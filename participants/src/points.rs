@@ -5,7 +5,8 @@
 //! (granted on purchase): Try stages the grant as pending, Confirm makes it usable and logs
 //! it, Cancel drops it. `refund`: Try checks the points payment exists and is not refunded,
 //! Confirm gives the points back and logs it. `points_log` has UNIQUE(out_trade_no, type),
-//! so a replayed pay, refund or reward can never count twice.
+//! so a replayed pay, refund or reward can never count twice. As a saga step, `refund`
+//! gives the points back at once, and its compensation takes them again.
 //!
 //! Orders, stock and money belong to the other services.
 
@@ -303,5 +304,62 @@ impl Participant for Points {
             other => return Err(unknown(other)),
         };
         update(conn, sql, &m).await.map(drop)
+    }
+
+    async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        let m = points_move(branch)?;
+        match branch.action.as_str() {
+            "refund" => {
+                let paid: Option<i64> = sqlx::query_scalar(
+                    "SELECT points FROM points_log WHERE out_trade_no = $1 AND user_id = $2 \
+                     AND type = 'pay' AND points = $3",
+                )
+                .bind(&m.out_trade_no)
+                .bind(m.user_id)
+                .bind(m.points)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if paid.is_none() {
+                    return Err(Error::refuse(format!(
+                        "no points payment of {} for {}",
+                        m.points, m.out_trade_no
+                    )));
+                }
+                if log(conn, "refund", &m).await? {
+                    update(
+                        conn,
+                        "UPDATE points_account SET usable = usable + $1 WHERE user_id = $2",
+                        &m,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            other => Err(unknown(other)),
+        }
+    }
+
+    async fn compensate(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+        let m = points_move(branch)?;
+        match branch.action.as_str() {
+            "refund" => {
+                let forgotten = sqlx::query(
+                    "DELETE FROM points_log WHERE out_trade_no = $1 AND type = 'refund'",
+                )
+                .bind(&m.out_trade_no)
+                .execute(&mut *conn)
+                .await?;
+                if forgotten.rows_affected() == 1 {
+                    update(
+                        conn,
+                        "UPDATE points_account SET usable = usable - $1 WHERE user_id = $2",
+                        &m,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            other => Err(unknown(other)),
+        }
     }
 }
