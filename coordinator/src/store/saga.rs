@@ -33,8 +33,8 @@ statements! {
     steps = "SELECT gid, branch_id, participant, action, payload, status, attempts, \
                  last_error, next_attempt_at, compensation_payload, step_group \
              FROM branch WHERE gid = $1 ORDER BY branch_id";
-    renew = "UPDATE global_tx SET lease_until = {now} + $4, next_attempt_at = {now} + $4, \
-                 updated_at = {now} \
+    renew = "UPDATE global_tx SET lease_until = {now} + $4, updated_at = {now}, \
+                 next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $4 END \
              WHERE gid = $1 AND owner = $2 AND version = $3 \
                  AND status IN ('RUNNING', 'COMPENSATING') \
              RETURNING status, \
