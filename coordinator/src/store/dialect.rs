@@ -102,6 +102,64 @@ impl Dialect {
         })
     }
 
+    /// PostgreSQL only: Begin with `n` branches as one statement (a data-modifying CTE), so
+    /// it costs one round trip instead of four. Parameters as the `begin` statement
+    /// ($1…$6), then participant, action and payload per branch. SQLite has no writable
+    /// CTEs; there the store runs `begin` and `insert_branches` in one transaction, which
+    /// costs nothing extra in-process.
+    pub fn begin_with_branches(self, n: usize) -> Option<&'static str> {
+        static CACHE: OnceLock<Mutex<HashMap<usize, &'static str>>> = OnceLock::new();
+        if self != Dialect::Postgres {
+            return None;
+        }
+        let mut cache = CACHE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(cache.entry(n).or_insert_with(|| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| {
+                    let p = 7 + 3 * i;
+                    format!("({}, ${p}, ${}, ${}::BYTEA)", i + 1, p + 1, p + 2)
+                })
+                .collect();
+            self.render(&format!(
+                "WITH t AS (INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, \
+                     labels, branch_count, created_at, updated_at) \
+                     VALUES ($1, $2, $3, {{now}} + $4, {{now}} + $4, $5, $6, {{now}}, {{now}}) \
+                     ON CONFLICT (gid) DO NOTHING \
+                     RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, \
+                         version, branch_count, labels, reason, needs_attention, paused, \
+                         decided_at, created_at, updated_at), \
+                 b AS (INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
+                         created_at, updated_at) \
+                     SELECT t.gid, v.id, v.participant, v.action, v.payload, 'PENDING', \
+                         {{now}}, {{now}} \
+                     FROM t, (VALUES {}) AS v (id, participant, action, payload)) \
+                 SELECT * FROM t",
+                rows.join(", ")
+            ))
+        }))
+    }
+
+    /// PostgreSQL only: a round in which every pending branch succeeded, recorded as one
+    /// statement: the branches' new status ($4) and the fenced final status ($5) of the
+    /// transaction. SQLite runs the two statements in one transaction instead.
+    pub fn finish_all(self) -> Option<&'static str> {
+        static SQL: OnceLock<&'static str> = OnceLock::new();
+        (self == Dialect::Postgres).then(|| {
+            *SQL.get_or_init(|| {
+                self.render(
+                    "WITH b AS (UPDATE branch SET status = $4, updated_at = {now}, \
+                         next_attempt_at = NULL WHERE gid = $1 AND status = 'PENDING') \
+                     UPDATE global_tx SET status = $5, owner = NULL, lease_until = NULL, \
+                         next_attempt_at = NULL, updated_at = {now} \
+                     WHERE gid = $1 AND owner = $2 AND version = $3",
+                )
+            })
+        })
+    }
+
     /// Opens a pool. SQLite files are created when missing and run in WAL mode with
     /// `synchronous=NORMAL` (durable across process crashes; the last commits may be lost
     /// only on power loss).

@@ -296,27 +296,36 @@ impl Store {
     ) -> Result<(GlobalTx, bool)> {
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
-        let insert = sqlx::query(self.sql.begin)
-            .bind(gid)
-            .bind(mode.as_str())
-            .bind(status.as_str())
-            .bind(timeout_ms)
-            .bind(labels)
-            .bind(branches.len() as i64);
+        let with_tx = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(gid)
+                .bind(mode.as_str())
+                .bind(status.as_str())
+                .bind(timeout_ms)
+                .bind(labels.clone())
+                .bind(branches.len() as i64)
+        };
+        let with_branches = |mut query: sqlx::query::Query<'static, Any, _>| {
+            for branch in branches {
+                query = query
+                    .bind(branch.participant)
+                    .bind(branch.action)
+                    .bind(branch.payload);
+            }
+            query
+        };
         let row = if branches.is_empty() {
-            insert.fetch_optional(&self.pool).await?
+            with_tx(self.sql.begin).fetch_optional(&self.pool).await?
+        } else if let Some(sql) = self.dialect.begin_with_branches(branches.len()) {
+            with_branches(with_tx(sql))
+                .fetch_optional(&self.pool)
+                .await?
         } else {
             let mut tx = self.write_tx().await?;
-            let row = insert.fetch_optional(&mut *tx).await?;
+            let row = with_tx(self.sql.begin).fetch_optional(&mut *tx).await?;
             if row.is_some() {
-                let mut query = sqlx::query(self.dialect.insert_branches(branches.len())).bind(gid);
-                for branch in branches {
-                    query = query
-                        .bind(branch.participant)
-                        .bind(branch.action)
-                        .bind(branch.payload);
-                }
-                query.execute(&mut *tx).await?;
+                let insert = sqlx::query(self.dialect.insert_branches(branches.len())).bind(gid);
+                with_branches(insert).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             row
@@ -457,10 +466,28 @@ impl Store {
         retry_in_ms: i64,
         escalation: Escalation,
     ) -> Result<RoundResult> {
-        let mut tx = self.write_tx().await?;
         let all_done = outcomes
             .iter()
             .all(|(_, outcome)| matches!(outcome, BranchOutcome::Done(_)));
+        if all_done
+            && !outcomes.is_empty()
+            && let Some(sql) = self.dialect.finish_all()
+        {
+            let finished = sqlx::query(sql)
+                .bind(&lease.gid)
+                .bind(&lease.owner)
+                .bind(lease.version)
+                .bind(done_status(outcomes).as_str())
+                .bind(final_status.as_str())
+                .execute(&self.pool)
+                .await?;
+            return Ok(if finished.rows_affected() == 1 {
+                RoundResult::Finished(final_status)
+            } else {
+                RoundResult::LostLease
+            });
+        }
+        let mut tx = self.write_tx().await?;
         if all_done && !outcomes.is_empty() {
             // The usual round: every pending branch succeeded, so one statement records it.
             sqlx::query(self.sql.all_branches_done)
