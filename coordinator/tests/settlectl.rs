@@ -5,8 +5,8 @@
 //! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
 //! token rules; and `settled` refusing an exposed Admin API without a token.
 //!
-//! The support code is a trimmed copy of the workspace's `tests/common`, which belongs to
-//! another package; only tests in this package can run the `settlectl` binary.
+//! The database support comes from the workspace's `tests/common`; only tests in this
+//! package can run the `settlectl` binary.
 
 use std::{
     collections::HashMap,
@@ -25,106 +25,15 @@ use settle_proto::v1::{
     coordinator_client::CoordinatorClient,
     participant_server::{Participant, ParticipantServer},
 };
-use sqlx::{Connection, Executor};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status as RpcStatus, transport::Channel};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
+#[allow(unused_imports)]
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
-/// `both!(name);` turns `async fn name(Backend)` into tests `name::sqlite` and
-/// `name::postgres`.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(crate::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(crate::Backend::Postgres).await
-            }
-        }
-    };
-}
-
-/// PostgreSQL tests fail, never skip, when this server is unreachable.
-fn postgres_admin_url() -> String {
-    std::env::var("SETTLE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A database that exists for one test and is removed after it.
-struct TestDb {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
-}
-
-impl TestDb {
-    async fn new(backend: Backend) -> TestDb {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("settle.db").display());
-                TestDb {
-                    url,
-                    _dir: Some(dir),
-                    pg_name: None,
-                }
-            }
-            Backend::Postgres => {
-                let name = format!("settle_test_{:016x}", rand::random::<u64>());
-                let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
-                    });
-                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .expect("create test database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                TestDb {
-                    url: format!("{base}/{name}"),
-                    _dir: None,
-                    pg_name: Some(name),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        let admin = postgres_admin_url();
-        // Drop runs inside the test's runtime; a thread with its own runtime can block.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = conn
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use common::{Backend, TestDb};
 
 /// Fast recovery passes and short retry delays; escalation after two failed rounds.
 fn test_config(url: &str) -> Config {
