@@ -1,18 +1,20 @@
 //! The recovery loop that runs in every coordinator instance.
 //!
-//! Each pass claims a batch of due transactions (TRYING past their deadline, or in phase
-//! two with their retry time or lease expiry passed), then hands each to the engine,
-//! a bounded number at a time. A full batch means more work is waiting, so the next pass
-//! starts at once; otherwise the loop sleeps for its interval. Now and then it also deletes
+//! The loop claims due transactions (TRYING past their deadline, or in phase two with their
+//! retry time or lease expiry passed) and hands each to the engine in a task of its own, at
+//! most `concurrency` at a time. It claims only as many as it has free slots for, so no
+//! claimed transaction waits in a queue while its lease runs out, and a slow transaction
+//! (a long saga) holds one slot, not the whole loop. When a claim comes back short the loop
+//! sleeps for its interval. Now and then it also deletes
 //! finished transactions past the retention age, a few small batches at a time. On
 //! shutdown the loop stops claiming and the caller releases this instance's leases.
 //!
 //! What to do with a claimed transaction is the engine's business, not the loop's.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::Engine;
@@ -57,29 +59,32 @@ impl RecoveryLoop {
         RecoveryLoop { engine, config }
     }
 
-    /// Claims and drives one batch; returns how many transactions were claimed.
-    pub async fn pass(&self) -> usize {
+    async fn claim(&self, limit: usize) -> Vec<crate::model::GlobalTx> {
         let lease_ms = self.engine.config().lease().as_millis() as i64;
-        let claimed = match self
+        match self
             .engine
             .store()
-            .claim_due(
-                self.engine.instance(),
-                lease_ms,
-                i64::from(self.config.batch),
-            )
+            .claim_due(self.engine.instance(), lease_ms, limit as i64)
             .await
         {
-            Ok(claimed) => claimed,
+            Ok(claimed) => {
+                if !claimed.is_empty() {
+                    debug!(count = claimed.len(), "claimed due transactions");
+                }
+                claimed
+            }
             Err(error) => {
                 warn!(%error, "claiming due transactions failed");
-                return 0;
+                Vec::new()
             }
-        };
-        let count = claimed.len();
-        if count > 0 {
-            debug!(count, "claimed due transactions");
         }
+    }
+
+    /// Claims one batch and drives it to the end of its rounds before returning; returns
+    /// how many transactions were claimed. For tools and tests that want one step at a time.
+    pub async fn pass(&self) -> usize {
+        let claimed = self.claim(self.config.batch as usize).await;
+        let count = claimed.len();
         futures::stream::iter(claimed)
             .for_each_concurrent(self.config.concurrency, |tx| {
                 let span = info_span!("recover", gid = %tx.gid);
@@ -127,25 +132,61 @@ impl RecoveryLoop {
         purged
     }
 
-    /// Runs passes until `shutdown` turns true.
+    /// Claims and drives due work until `shutdown` turns true, then waits (up to one lease)
+    /// for the transactions it is driving.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut last_purge: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
             if last_purge.is_none_or(|at| at.elapsed() >= self.config.retention_every) {
                 self.purge().await;
                 last_purge = Some(tokio::time::Instant::now());
             }
-            let claimed = self.pass().await;
-            if claimed < self.config.batch as usize {
+            let free = slots.available_permits().min(self.config.batch as usize);
+            if free == 0 {
+                // Every slot is busy: wait until one frees up.
+                tokio::select! {
+                    slot = slots.acquire() => drop(slot),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let claimed = self.claim(free).await;
+            let short = claimed.len() < free;
+            for tx in claimed {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let engine = self.engine.clone();
+                let span = info_span!("recover", gid = %tx.gid);
+                tokio::spawn(
+                    async move {
+                        if let Err(error) = engine.resume(tx).await {
+                            warn!(%error, "resuming failed; it will be retried");
+                        }
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
+            }
+            if short {
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.interval) => {}
                     changed = shutdown.changed() => {
                         if changed.is_err() {
-                            return;
+                            break;
                         }
                     }
                 }
             }
+        }
+        let all = self.config.concurrency.max(1) as u32;
+        let lease = self.engine.config().lease();
+        if tokio::time::timeout(lease, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("transactions still being driven at shutdown; their leases expire on their own");
         }
     }
 }

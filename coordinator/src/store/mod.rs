@@ -556,6 +556,9 @@ impl Store {
     /// Claims up to `limit` due transactions for `owner`: unfinished, with
     /// `next_attempt_at` passed (a TRYING transaction's is its deadline; an owned one's is
     /// its lease expiry). Each claim bumps the version, fencing out the previous owner.
+    ///
+    /// A row this version cannot read (an unknown status written by a newer version, say)
+    /// is logged and skipped, so it cannot hold up the rest of the batch.
     pub async fn claim_due(&self, owner: &str, lease_ms: i64, limit: i64) -> Result<Vec<GlobalTx>> {
         let rows = sqlx::query(self.sql.claim_due)
             .bind(owner)
@@ -563,7 +566,17 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(tx_from_row).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|row| match tx_from_row(row) {
+                Ok(tx) => Some(tx),
+                Err(error) => {
+                    let gid: String = row.try_get("gid").unwrap_or_default();
+                    tracing::error!(%gid, %error, "claimed a transaction this version cannot read; skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Gives back every lease `owner` holds, making its transactions due now; used on
