@@ -118,9 +118,13 @@ const INSERT: &str = "INSERT INTO settle_barrier (gid, branch_id, op, created_at
                       VALUES ($1, $2, $3, $4) ON CONFLICT (gid, branch_id, op) DO NOTHING";
 const EXISTS: &str = "SELECT COUNT(*) AS n FROM settle_barrier \
                       WHERE gid = $1 AND branch_id = $2 AND op = $3";
-const DELETE_OLD: &str = "DELETE FROM settle_barrier WHERE (gid, branch_id, op) IN \
-                          (SELECT gid, branch_id, op FROM settle_barrier \
-                           WHERE created_at < $1 LIMIT $2)";
+// Only branches whose phase two (or compensation) ran here are removed: while a branch has
+// just its `try` (or `execute`) row, a Cancel (or Compensate) may still come, however late,
+// and must find it.
+const DELETE_OLD: &str = "DELETE FROM settle_barrier WHERE (gid, branch_id) IN \
+                          (SELECT gid, branch_id FROM settle_barrier \
+                           WHERE op IN ('confirm', 'cancel', 'compensate') AND created_at < $1 \
+                           LIMIT $2)";
 
 /// The barrier table of one participant database.
 #[derive(Debug, Clone)]
@@ -181,10 +185,13 @@ impl Barrier {
         })
     }
 
-    /// Deletes up to `batch` rows older than `age`; returns how many went. Call it
-    /// repeatedly until it returns less than `batch`. Keep `age` well above the longest
-    /// transaction timeout: a Try delivered after its Cancel's row is gone is no longer
-    /// recognised as hanging.
+    /// Deletes the rows of up to `batch` finished branches — those whose Confirm, Cancel or
+    /// Compensate ran here more than `age` ago; returns how many rows went. Call it until it
+    /// deletes nothing. A branch with only its Try (or Execute) row is never deleted, since
+    /// its phase two may still come. Keep `age` well above the longest transaction timeout:
+    /// a Try delivered after its Cancel's rows are gone is no longer recognised as hanging.
+    /// The rows of a saga step that executed and was never compensated stay; they are the
+    /// only record that a late Compensate must undo it.
     pub async fn delete_older_than(
         &self,
         age: std::time::Duration,

@@ -217,14 +217,15 @@ async fn racing_try_and_cancel_end_in_a_legal_order(backend: Backend) {
 }
 both!(racing_try_and_cancel_end_in_a_legal_order);
 
-async fn old_rows_are_removed_in_batches(backend: Backend) {
+async fn finished_branches_are_removed_in_batches(backend: Backend) {
     let f = fixture(backend).await;
     for i in 0..25 {
-        assert_eq!(
-            f.call("try", request(&format!("old-{i}"), 1, 1)).await,
-            Ok(())
-        );
+        let gid = format!("old-{i}");
+        assert_eq!(f.call("try", request(&gid, 1, 1)).await, Ok(()));
+        assert_eq!(f.call("confirm", request(&gid, 1, 1)).await, Ok(()));
     }
+    // In flight: tried, phase two still to come. Its row must outlive any retention.
+    assert_eq!(f.call("try", request("in-flight", 1, 1)).await, Ok(()));
     assert_eq!(
         f.barrier
             .delete_older_than(Duration::from_secs(3600), 10)
@@ -242,12 +243,20 @@ async fn old_rows_are_removed_in_batches(backend: Backend) {
             .delete_older_than(Duration::ZERO, 10)
             .await
             .expect("delete");
-        batches.push(deleted);
-        if deleted < 10 {
+        if deleted == 0 {
             break;
         }
+        batches.push(deleted);
     }
-    assert_eq!(batches, [10, 10, 5]);
+    assert_eq!(
+        batches,
+        [20, 20, 10],
+        "ten branches (try and confirm rows) a batch"
+    );
+    assert_eq!(f.barrier_rows("in-flight").await, ["try"]);
+    // Its Cancel still finds the Try and releases the unit.
+    assert_eq!(f.call("cancel", request("in-flight", 1, 1)).await, Ok(()));
+    assert_eq!(f.stock().await, (INITIAL - 25, 0, 25));
     f.serving.stop().await.expect("stop");
 }
-both!(old_rows_are_removed_in_batches);
+both!(finished_branches_are_removed_in_batches);
