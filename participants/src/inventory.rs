@@ -132,6 +132,9 @@ impl Inventory {
         .fetch_optional(&mut *conn)
         .await?;
         match left {
+            // This reservation took the last unit: its UPDATE saw every committed (and
+            // waited for every pending) change to the row, so the flag is right until
+            // stock comes back, which clears it.
             Some(0) => {
                 self.set_sold_out(&units.sku, true);
                 Ok(())
@@ -143,12 +146,11 @@ impl Inventory {
                         .bind(&units.sku)
                         .fetch_optional(&mut *conn)
                         .await?;
+                // Not flagged from this read: it may predate a Cancel that is about to
+                // commit, and a flag set now would outlive the stock that Cancel returns.
                 match available {
                     None => Err(Error::refuse(format!("unknown sku {}", units.sku))),
-                    Some(0) => {
-                        self.set_sold_out(&units.sku, true);
-                        Err(Error::refuse("sold out"))
-                    }
+                    Some(0) => Err(Error::refuse("sold out")),
                     Some(n) => Err(Error::refuse(format!("only {n} left"))),
                 }
             }

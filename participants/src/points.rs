@@ -262,20 +262,22 @@ impl Participant for Points {
     async fn confirm(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let m = points_move(branch)?;
         match branch.action.as_str() {
+            // The log row comes first and gates the balance change, so a replay can never
+            // move points without a row to show for it.
             "pay" => {
-                update(
-                    conn,
-                    "UPDATE points_account SET frozen = frozen - $1 WHERE user_id = $2",
-                    &m,
-                )
-                .await?;
-                log(conn, "pay", &m).await.map(drop)
+                if log(conn, "pay", &m).await? {
+                    let sql = "UPDATE points_account SET frozen = frozen - $1 WHERE user_id = $2";
+                    update(conn, sql, &m).await?;
+                }
+                Ok(())
             }
             "reward" => {
-                let sql = "UPDATE points_account SET pending = pending - $1, usable = usable + $1 \
-                           WHERE user_id = $2";
-                update(conn, sql, &m).await?;
-                log(conn, "reward", &m).await.map(drop)
+                if log(conn, "reward", &m).await? {
+                    let sql = "UPDATE points_account SET pending = pending - $1, \
+                               usable = usable + $1 WHERE user_id = $2";
+                    update(conn, sql, &m).await?;
+                }
+                Ok(())
             }
             "refund" => {
                 if log(conn, "refund", &m).await? {
