@@ -336,8 +336,11 @@ impl Admin {
         self.outcome(gid, true).await
     }
 
-    /// Marks a PENDING branch of a transaction in phase two RESOLVED after a manual fix and
-    /// makes the transaction due, so that recovery finishes it once nothing is pending.
+    /// Marks a branch RESOLVED after a manual fix — a PENDING branch of a transaction in
+    /// phase two, or an EXECUTED step of a compensating saga whose Compensate keeps
+    /// failing — and makes the transaction due, so that recovery finishes it once nothing
+    /// is owed. Refused while a round is in flight (a live lease): the round's call and
+    /// the manual fix must not both take effect.
     pub async fn resolve_branch(
         &self,
         gid: &str,
@@ -383,8 +386,15 @@ impl Admin {
             .into_iter()
             .find(|b| b.branch_id == branch_id)
             .map_or(BranchStatus::Pending, |b| b.status);
+        if tx.owner.is_some() && matches!(current, BranchStatus::Pending | BranchStatus::Executed) {
+            return Err(Error::FailedPrecondition(format!(
+                "{gid} is being driven right now (owner {}); pause it first, or try again",
+                tx.owner.as_deref().unwrap_or_default()
+            )));
+        }
         Err(Error::FailedPrecondition(format!(
-            "branch {branch_id} of {gid} is {}, not PENDING; nothing to resolve",
+            "branch {branch_id} of {gid} is {}: only a PENDING branch (or, while a saga \
+             compensates, an EXECUTED one) can be resolved",
             current.as_str()
         )))
     }

@@ -219,8 +219,22 @@ impl Engine {
                 })
                 .collect()
         } else {
+            let stored = self.inner.store.branches(&gid).await?;
+            // A repeated Begin pairs its branches with the stored ones by position; the
+            // initiator then sends Try with its own payloads, so they must be the same.
+            let same = branches.len() <= stored.len()
+                && branches.iter().zip(&stored).all(|(given, stored)| {
+                    given.participant == stored.participant
+                        && given.action == stored.action
+                        && given.payload == stored.payload.as_ref()
+                });
+            if !same {
+                return Err(Error::FailedPrecondition(format!(
+                    "{gid} already exists with other branches than this Begin gives"
+                )));
+            }
             let mut registered = Vec::new();
-            for branch in self.inner.store.branches(&gid).await? {
+            for branch in stored {
                 let endpoint = self
                     .inner
                     .directory

@@ -148,6 +148,23 @@ impl Harness {
     }
 
     /// Polls Get until `pred` holds, failing the test after 20 s.
+    /// Waits until no round is in flight for `gid` (its lease is given back).
+    async fn wait_idle(&self, gid: &str) -> settle_coordinator::model::GlobalTx {
+        let store = self.engine.store().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let tx = store.get(gid).await.expect("get").expect("exists");
+            if tx.owner.is_none() {
+                return tx;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round never ended: {tx:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn wait_for(
         &mut self,
         gid: &str,
@@ -488,7 +505,13 @@ async fn stuck_commit_is_listed_explained_and_resolved(backend: Backend) {
         .await
         .fails(1, "commit was decided");
 
-    // Resolving the failing branch by hand finishes the commit, although payment still fails.
+    // Resolving the failing branch by hand finishes the commit, although payment still
+    // fails. A branch cannot be resolved while a round may be calling it, so the operator
+    // pauses first.
+    settlectl(&url, &["pause", "order-1001", "--actor", "alice"])
+        .await
+        .ok();
+    h.wait_idle("order-1001").await;
     let resolved = settlectl(
         &url,
         &[
@@ -507,6 +530,9 @@ async fn stuck_commit_is_listed_explained_and_resolved(backend: Backend) {
         resolved.stdout.contains("resolved branch 2 of order-1001"),
         "{resolved:?}"
     );
+    settlectl(&url, &["resume", "order-1001", "--actor", "alice"])
+        .await
+        .ok();
     let tx = h
         .wait_for("order-1001", "COMMITTED", |tx| {
             tx.status() == pb::Status::Committed
@@ -521,11 +547,11 @@ async fn stuck_commit_is_listed_explained_and_resolved(backend: Backend) {
         .json();
     assert_eq!(shown["explanation"], "finished: committed");
     let audit = shown["audit"].as_array().expect("audit");
-    assert_eq!(audit.len(), 1, "{shown}");
-    assert_eq!(audit[0]["actor"], "alice");
-    assert_eq!(audit[0]["action"], "resolve");
+    let actions: Vec<&str> = audit.iter().filter_map(|a| a["action"].as_str()).collect();
+    assert_eq!(actions, ["pause", "resolve", "resume"], "{shown}");
+    assert!(audit.iter().all(|a| a["actor"] == "alice"), "{shown}");
     assert_eq!(
-        audit[0]["note"],
+        audit[1]["note"],
         "branch 2 (payment): captured in the PSP console"
     );
     let shown = settlectl(&url, &["show", "order-1001"]).await.ok().stdout;
@@ -647,19 +673,7 @@ async fn pause_stops_retries_until_resume(backend: Backend) {
     );
 
     // A round that was running when the pause landed ends without scheduling another.
-    let store = h.engine.store().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let tx = loop {
-        let tx = store.get("grant-3").await.expect("get").expect("exists");
-        if tx.owner.is_none() {
-            break tx;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "round never ended: {tx:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let tx = h.wait_idle("grant-3").await;
     assert!(tx.paused);
     assert_eq!(
         tx.next_attempt_at, None,
@@ -673,7 +687,13 @@ async fn pause_stops_retries_until_resume(backend: Backend) {
     for _ in 0..3 {
         recovery.pass().await;
     }
-    let after = store.get("grant-3").await.expect("get").expect("exists");
+    let after = h
+        .engine
+        .store()
+        .get("grant-3")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(after.status, Status::Committing);
     assert_eq!(
         after.attempts, tx.attempts,

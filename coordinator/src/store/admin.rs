@@ -85,11 +85,16 @@ statements! {
                   created_at, updated_at";
     resolve_branch = "UPDATE branch SET status = 'RESOLVED', next_attempt_at = NULL, \
                           updated_at = {now} \
-                      WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING' \
+                      WHERE gid = $1 AND branch_id = $2 \
                           AND EXISTS (SELECT 1 FROM global_tx \
                                       WHERE global_tx.gid = $1 \
-                                          AND global_tx.status IN ('COMMITTING', 'ABORTING', \
-                                                                   'RUNNING', 'COMPENSATING'))";
+                                          AND (global_tx.owner IS NULL \
+                                               OR global_tx.lease_until <= {now}) \
+                                          AND (branch.status = 'PENDING' \
+                                                   AND global_tx.status IN ('COMMITTING', \
+                                                       'ABORTING', 'RUNNING', 'COMPENSATING') \
+                                               OR branch.status = 'EXECUTED' \
+                                                   AND global_tx.status = 'COMPENSATING'))";
     make_due = "UPDATE global_tx SET updated_at = {now}, \
                     next_attempt_at = CASE \
                         WHEN paused = 1 THEN NULL \

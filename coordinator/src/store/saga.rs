@@ -40,7 +40,7 @@ statements! {
              RETURNING status, \
                  CAST(CASE WHEN deadline <= {now} THEN 1 ELSE 0 END AS BIGINT) AS deadline_passed";
     compensate = "UPDATE global_tx SET status = 'COMPENSATING', reason = $4, attempts = 0, \
-                      decided_at = {now}, lease_until = {now} + $5, next_attempt_at = {now} + $5, \
+                      decided_at = {now}, lease_until = {now} + $5, next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $5 END, \
                       updated_at = {now} \
                   WHERE gid = $1 AND owner = $2 AND version = $3 AND status = 'RUNNING' \
                   RETURNING status, \
