@@ -171,6 +171,7 @@ impl Engine {
             id::new_gid()
         } else {
             validate::gid(gid)?;
+            self.refuse_retired(gid).await?;
             gid.to_owned()
         };
         validate::timeout(timeout_ms)?;
@@ -254,6 +255,19 @@ impl Engine {
             created,
             branches: registered,
         })
+    }
+
+    /// Refuses a client-chosen gid whose earlier transaction was removed by retention:
+    /// participants still hold barrier rows under it. (Generated gids are new by
+    /// construction.)
+    pub async fn refuse_retired(&self, gid: &str) -> Result<()> {
+        if self.inner.store.is_retired(gid).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "gid {gid} belonged to a transaction that finished long ago; gids are never \
+                 reused, choose another"
+            )));
+        }
+        Ok(())
     }
 
     /// Validates a branch and resolves its participant; returns the endpoint.

@@ -93,6 +93,7 @@ pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted
         id::new_gid()
     } else {
         validate::gid(&gid)?;
+        engine.refuse_retired(&gid).await?;
         gid
     };
     validate::timeout(timeout_ms)?;

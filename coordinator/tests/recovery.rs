@@ -246,11 +246,22 @@ async fn finished_transactions_are_deleted_after_retention(backend: Backend) {
     let mut c = client(&coordinator.url()).await;
     let _p = recorder(&mut c, "p").await;
     let mut finished = Vec::new();
-    for _ in 0..25 {
+    for _ in 0..24 {
         let gid = begin_with_branches(&mut c, 30_000, &["p"]).await;
         assert_eq!(commit(&mut c, &gid, 5_000).await, pb::Status::Committed);
         finished.push(gid);
     }
+    let chosen = pb::BeginRequest {
+        gid: "order-7".to_owned(),
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    c.begin(chosen.clone()).await.expect("begin order-7");
+    assert_eq!(
+        commit(&mut c, "order-7", 5_000).await,
+        pb::Status::Committed
+    );
+    finished.push("order-7".to_owned());
     let live = begin_with_branches(&mut c, 60_000, &["p"]).await;
     let store = settle_coordinator::store::Store::open(&db.url, 2)
         .await
@@ -283,6 +294,9 @@ async fn finished_transactions_are_deleted_after_retention(backend: Backend) {
         Some(1),
         "unfinished kept"
     );
+    // A client-chosen gid is never used again: participants still know it.
+    let reused = c.begin(chosen).await.expect_err("order-7 was retired");
+    assert_eq!(reused.code(), tonic::Code::FailedPrecondition, "{reused}");
     coordinator.stop().await.expect("stop");
 }
 both!(finished_transactions_are_deleted_after_retention);

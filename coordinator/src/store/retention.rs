@@ -3,16 +3,26 @@
 //! tables do not grow without bound. Batches go through the partial index on the finished
 //! rows' `updated_at`, and the due-work index never holds finished rows at all.
 //!
+//! Each purged gid leaves a tombstone in `retired_gid`, written in the same database
+//! transaction, so that a client-chosen gid is never reused: participants keep barrier rows
+//! by gid, and a new transaction under an old gid would be taken for a duplicate there.
 //! The audit trail is kept: it records operators' actions, which outlive the transactions.
 
 use super::{Dialect, Result, Store};
 use std::sync::OnceLock;
 
 statements! {
-    purge_finished = "DELETE FROM global_tx WHERE gid IN \
-                          (SELECT gid FROM global_tx \
-                           WHERE status IN ('COMMITTED', 'ABORTED') AND updated_at < {now} - $1 \
-                           ORDER BY updated_at LIMIT $2)";
+    retire = "INSERT INTO retired_gid (gid, retired_at) \
+              SELECT gid, {now} FROM global_tx \
+              WHERE status IN ('COMMITTED', 'ABORTED') AND updated_at < {now} - $1 \
+              ORDER BY updated_at LIMIT $2 \
+              ON CONFLICT (gid) DO NOTHING";
+    purge_retired = "DELETE FROM global_tx WHERE gid IN \
+                         (SELECT g.gid FROM global_tx g JOIN retired_gid r ON r.gid = g.gid \
+                          WHERE g.status IN ('COMMITTED', 'ABORTED') \
+                              AND g.updated_at < {now} - $1 \
+                          ORDER BY g.updated_at LIMIT $2)";
+    is_retired = "SELECT COUNT(*) FROM retired_gid WHERE gid = $1";
 }
 
 impl Store {
@@ -20,11 +30,29 @@ impl Store {
     /// many went.
     pub async fn purge_finished(&self, age_ms: i64, batch: i64) -> Result<u64> {
         let sql = Sql::for_dialect(self.dialect());
-        let done = sqlx::query(sql.purge_finished)
+        let mut tx = self.write_tx().await?;
+        sqlx::query(sql.retire)
             .bind(age_ms)
             .bind(batch)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // Only rows with a tombstone go, whatever else became due meanwhile.
+        let done = sqlx::query(sql.purge_retired)
+            .bind(age_ms)
+            .bind(batch)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    /// Whether `gid` belonged to a transaction removed by retention.
+    pub async fn is_retired(&self, gid: &str) -> Result<bool> {
+        let sql = Sql::for_dialect(self.dialect());
+        let n: i64 = sqlx::query_scalar(sql.is_retired)
+            .bind(gid)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
     }
 }
