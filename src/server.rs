@@ -13,7 +13,6 @@ use settle_proto::v1::{
     self as pb, coordinator_client::CoordinatorClient, participant_server::ParticipantServer,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
@@ -162,7 +161,7 @@ impl<P: Participant> Serve<P> {
             let served = tonic::transport::Server::builder()
                 .layer(ContextLayer)
                 .add_service(ParticipantServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
                 .await;
             if let Some(registration) = registration {
                 registration.abort();
@@ -366,4 +365,11 @@ impl<P: Participant> pb::participant_server::Participant for ParticipantService<
     ) -> Result<Response<pb::BranchResponse>, Status> {
         self.handle(Op::Compensate, request).await
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: gRPC messages are small, and without
+/// this a reply can sit out a delayed ACK (40 ms). tonic applies its own `tcp_nodelay`
+/// setting only to listeners it binds itself.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -28,7 +28,6 @@ use settle_proto::v1::{
 };
 use sqlx::{AnyConnection, Row};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 
 /// One call the log received.
@@ -78,7 +77,9 @@ impl Log {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ParticipantServer::new(log.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         log
     }
@@ -849,7 +850,9 @@ impl LosesFirstAnswers {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ParticipantServer::new(proxy.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         (proxy, url)
     }

@@ -33,7 +33,6 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use settle_proto::v1::{admin_server::AdminServer, coordinator_server::CoordinatorServer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::{
@@ -205,7 +204,7 @@ impl Coordinator {
                 grpc::AdminService::new(Admin::new(self.engine.clone())),
                 grpc::AdminAuth::new(self.admin_token.as_deref()),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
 
         let _ = stop_recovery.send(true);
@@ -293,4 +292,11 @@ fn instance_id() -> String {
         std::process::id(),
         rand::random::<u16>()
     )
+}
+
+/// Accepted connections with Nagle's algorithm off: gRPC messages are small, and without
+/// this a reply can sit out a delayed ACK (40 ms). tonic applies its own `tcp_nodelay`
+/// setting only to listeners it binds itself.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -26,7 +26,6 @@ use settle_proto::v1::{
     participant_server::{Participant, ParticipantServer},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status as RpcStatus, transport::Channel};
 
 #[allow(unused_imports)]
@@ -219,7 +218,9 @@ impl Recorder {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ParticipantServer::new(recorder.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         recorder
     }

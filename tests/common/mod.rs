@@ -18,7 +18,6 @@ use settle_proto::v1::{
 };
 use sqlx::{Connection, Executor};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 
 /// Which database a test runs on.
@@ -198,7 +197,9 @@ impl Recorder {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         recorder
     }
