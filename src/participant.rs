@@ -69,7 +69,9 @@ impl Error {
 pub trait Participant: Send + Sync + 'static {
     /// A cheap check made before a Try touches the database (no barrier row, no local
     /// transaction): return [`Error::Refused`] to refuse at once, as a sold-out flag does.
-    /// Accepts everything unless implemented.
+    /// Accepts everything unless implemented. It runs before the barrier, so it also
+    /// answers a repeated delivery of a Try that already succeeded; refuse only what the
+    /// initiator would rather abort than retry (the SDK's client never repeats a Try).
     fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
         let _ = branch;
         Ok(())
