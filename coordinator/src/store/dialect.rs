@@ -162,8 +162,15 @@ impl Dialect {
 
     /// Opens a pool. SQLite files are created when missing and run in WAL mode with
     /// `synchronous=NORMAL` (durable across process crashes; the last commits may be lost
-    /// only on power loss).
-    pub async fn connect(self, url: &str, max_connections: u32) -> Result<sqlx::AnyPool, Error> {
+    /// only on power loss). A `relaxed` PostgreSQL pool commits without waiting for the WAL
+    /// flush (`synchronous_commit = off`): for writes that a crash may lose because they
+    /// are redone from what is durable (see `Store::record_round`).
+    pub async fn connect(
+        self,
+        url: &str,
+        max_connections: u32,
+        relaxed: bool,
+    ) -> Result<sqlx::AnyPool, Error> {
         sqlx::any::install_default_drivers();
         let url = match self {
             Dialect::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
@@ -184,6 +191,12 @@ impl Dialect {
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                     )
                     .await?;
+                    Ok(())
+                })
+            }),
+            Dialect::Postgres if relaxed => pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("SET synchronous_commit TO off").await?;
                     Ok(())
                 })
             }),

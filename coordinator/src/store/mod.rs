@@ -227,6 +227,9 @@ pub struct Escalation {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// For writes that need not wait for durability (PostgreSQL: a second pool with
+    /// `synchronous_commit = off`; SQLite: the same pool).
+    relaxed: AnyPool,
     dialect: Dialect,
     sql: &'static Sql,
 }
@@ -241,7 +244,7 @@ impl Store {
     /// Connects (creating a SQLite file if missing) and applies pending migrations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
         let dialect = Dialect::from_url(url)?;
-        let pool = dialect.connect(url, max_connections).await?;
+        let pool = dialect.connect(url, max_connections, false).await?;
         match dialect {
             Dialect::Sqlite => {
                 sqlx::migrate!("../migrations/coordinator/sqlite")
@@ -254,8 +257,17 @@ impl Store {
                     .await?
             }
         }
+        let relaxed = match dialect {
+            Dialect::Sqlite => pool.clone(),
+            Dialect::Postgres => {
+                dialect
+                    .connect(url, (max_connections / 2).max(2), true)
+                    .await?
+            }
+        };
         Ok(Store {
             pool,
+            relaxed,
             dialect,
             sql: Sql::for_dialect(dialect),
         })
@@ -268,6 +280,7 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.relaxed.close().await;
         self.pool.close().await;
     }
 
@@ -458,6 +471,12 @@ impl Store {
     /// then either the final status (when no branch is left pending) or the next attempt.
     /// The global write is fenced by the lease; branch successes are facts and are kept
     /// even when the lease was lost.
+    ///
+    /// This write does not wait for durability. The decision it follows is durable, and so
+    /// is every participant's answer, in the participant's own database; if a crash loses
+    /// the record, the transaction is still COMMITTING or ABORTING with an expired lease,
+    /// and the next owner sends the round again, which the participants' barriers answer
+    /// as duplicates. Waiting for the flush here would only add latency.
     pub async fn record_round(
         &self,
         lease: &Lease,
@@ -479,7 +498,7 @@ impl Store {
                 .bind(lease.version)
                 .bind(done_status(outcomes).as_str())
                 .bind(final_status.as_str())
-                .execute(&self.pool)
+                .execute(&self.relaxed)
                 .await?;
             return Ok(if finished.rows_affected() == 1 {
                 RoundResult::Finished(final_status)
@@ -487,7 +506,7 @@ impl Store {
                 RoundResult::LostLease
             });
         }
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.relaxed.begin_with(self.dialect.begin_write()).await?;
         if all_done && !outcomes.is_empty() {
             // The usual round: every pending branch succeeded, so one statement records it.
             sqlx::query(self.sql.all_branches_done)
