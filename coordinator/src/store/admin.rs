@@ -395,9 +395,10 @@ impl Store {
         Ok(Some(changed))
     }
 
-    /// Marks a PENDING branch of a decided transaction RESOLVED and makes the transaction
-    /// due (unless paused) so that recovery can finish it; audited. False when nothing
-    /// changed.
+    /// Marks a branch RESOLVED — a PENDING one of a decided transaction, or an EXECUTED
+    /// step of a compensating saga — when no round holds the transaction, and makes the
+    /// transaction due (unless paused) so that recovery can finish it; audited. False when
+    /// nothing changed.
     pub async fn resolve_branch(
         &self,
         gid: &str,
