@@ -4,7 +4,8 @@
 # commits) on a fresh database, then the bench tool in noop mode with 4 branches on a fresh
 # coordinator database on the same PostgreSQL, with the same client count and duration, and
 # prints both throughputs and the ratio bench/floor — the figure of merit on a shared machine.
-# With RUNS>1 the two alternate and the medians are compared.
+# With RUNS>1 the two alternate and the medians are compared. Each side starts after a
+# CHECKPOINT, and the floor's database is dropped before the bench runs.
 #
 #   bench/floor.sh                        # 64 clients, 10 s, one run of each
 #   CLIENTS=8 RUNS=3 bench/floor.sh
@@ -62,8 +63,16 @@ drop_floor_db() {
 }
 trap drop_floor_db EXIT
 
+# Both sides start with no dirty buffers left by the other: without this, writing out what one
+# side dirtied (a checkpoint, or autovacuum on its tables) is paid by the next.
+checkpoint() {
+    psql -X -q -d postgres -c "CHECKPOINT" >/dev/null 2>&1 ||
+        echo "floor.sh: warning: CHECKPOINT failed (not a superuser?)" >&2
+}
+
 run_floor() {
     fresh_floor_db
+    checkpoint
     local out tps
     # pgbench exits non-zero when a client aborted: that run is no floor.
     if ! out="$(pgbench -n -M "${PGBENCH_MODE}" -f bench/floor.sql -c "${CLIENTS}" \
@@ -78,10 +87,12 @@ run_floor() {
         echo "floor.sh: pgbench printed no tps" >&2
         exit 1
     fi
+    drop_floor_db
     echo "${tps}"
 }
 
 run_bench() {
+    checkpoint
     local out tps
     # shellcheck disable=SC2086 # BENCH and BENCH_ARGS are word lists on purpose.
     out="$(${BENCH} --mode noop --branches 4 --postgres-admin "${ADMIN_URL}" \
