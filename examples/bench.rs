@@ -28,6 +28,9 @@
 //! target/release/examples/bench --external --concurrency 256
 //! ```
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::{
     collections::BTreeMap,
     error::Error,
@@ -200,7 +203,7 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         (None, Some(admin)) => {
             let name = format!("{prefix}_coordinator");
             fresh.push(name.clone());
-            fresh_postgres(admin, &name).await?
+            postgres::fresh_database(admin, &name).await?
         }
         (None, None) => format!("sqlite://{}", dir.path().join("coordinator.db").display()),
     };
@@ -269,7 +272,7 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
                     for service in settle_participants::shop::SERVICES {
                         let name = format!("{prefix}_{service}");
                         fresh.push(name.clone());
-                        fresh_postgres(admin, &name).await?;
+                        postgres::fresh_database(admin, &name).await?;
                     }
                     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
                     format!("{base}/{prefix}_{{service}}")
@@ -525,20 +528,6 @@ async fn noop_participant() -> Result<(String, tokio::task::JoinHandle<()>)> {
         }
     });
     Ok((format!("http://{addr}"), server))
-}
-
-/// Drops and creates `name` on the server of `admin`; returns its URL.
-async fn fresh_postgres(admin: &str, name: &str) -> Result<String> {
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    conn.close().await?;
-    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-    Ok(format!("{base}/{name}"))
 }
 
 /// Drops `name` on the server of `admin`.

@@ -15,6 +15,9 @@
 //! cargo run --release --example due_scan -- --postgres-admin postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::{
     error::Error,
     time::{Duration, Instant},
@@ -101,7 +104,7 @@ async fn measure(args: &Args, dir: &std::path::Path, pg_name: &str) -> Result<()
     for db in &args.databases {
         let url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.join("due_scan.db").display()),
-            Db::Postgres => fresh_postgres(&args.postgres_admin, pg_name).await?,
+            Db::Postgres => postgres::fresh_database(&args.postgres_admin, pg_name).await?,
         };
         eprintln!("{db:?}: opening the store");
         let store = Store::open(&url, 4).await?;
@@ -337,20 +340,6 @@ async fn explain(conn: &mut AnyConnection, dialect: Dialect, now: i64) -> Result
         });
     }
     Ok(lines)
-}
-
-/// Drops and creates `name` on the server of `admin`; returns its URL.
-async fn fresh_postgres(admin: &str, name: &str) -> Result<String> {
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    conn.close().await?;
-    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-    Ok(format!("{base}/{name}"))
 }
 
 /// Nearest-rank percentile of sorted durations.

@@ -2,6 +2,8 @@
 //! SQLite files in a temporary directory or on fresh PostgreSQL databases, and the
 //! end-of-run checks.
 
+pub mod postgres;
+
 use std::{
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
@@ -13,7 +15,6 @@ use settle_participants::{
     Shop,
     invariants::{self, Opening},
 };
-use sqlx::{Connection, Executor};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -33,11 +34,11 @@ impl Embedded {
         let (coordinator_db, shop_db) = match postgres {
             Some(admin) => {
                 for service in settle_participants::shop::SERVICES {
-                    fresh_postgres(admin, &format!("{prefix}_{service}")).await?;
+                    postgres::fresh_database(admin, &format!("{prefix}_{service}")).await?;
                 }
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
                 (
-                    fresh_postgres(admin, &format!("{prefix}_coordinator")).await?,
+                    postgres::fresh_database(admin, &format!("{prefix}_coordinator")).await?,
                     format!("{base}/{prefix}_{{service}}"),
                 )
             }
@@ -98,17 +99,4 @@ impl Embedded {
         }
         Ok(violations.is_empty())
     }
-}
-
-/// Drops and creates `name` on the server of `admin`; returns its URL.
-async fn fresh_postgres(admin: &str, name: &str) -> Result<String> {
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-    Ok(format!("{base}/{name}"))
 }
