@@ -23,8 +23,8 @@ use crate::{
     model::{Branch, BranchStatus, GlobalTx, Mode, Status},
     retry::RetryPolicy,
     store::{
-        self, BranchOutcome, Escalation, Lease, NewBranch, Refusal, RegisterRefusal, RoundResult,
-        Store,
+        self, BranchOutcome, Decided, Escalation, Lease, NewBranch, Refusal, RegisterRefusal,
+        RoundResult, Store,
     },
     validate::{self, Invalid},
 };
@@ -338,9 +338,11 @@ impl Engine {
             .decide_commit(gid, &self.inner.instance, self.lease_ms())
             .await?
         {
-            Ok(lease) => {
+            Ok(decided) => {
                 info!(%gid, "commit decided");
-                return Ok(self.drive_decided(lease, Status::Committing, wait).await);
+                return Ok(self
+                    .drive_decided(decided, Status::Committing, wait)
+                    .await);
             }
             Err(refusal) => refusal,
         };
@@ -386,9 +388,9 @@ impl Engine {
             .decide_abort(gid, &self.inner.instance, self.lease_ms(), reason)
             .await?
         {
-            Ok(lease) => {
+            Ok(decided) => {
                 info!(%gid, reason, "abort decided");
-                Ok(self.drive_decided(lease, Status::Aborting, wait).await)
+                Ok(self.drive_decided(decided, Status::Aborting, wait).await)
             }
             Err(Refusal::NotFound) => Err(not_found(gid)),
             Err(Refusal::State(tx)) if tx.mode == Mode::Saga => Err(Error::FailedPrecondition(
@@ -434,16 +436,18 @@ impl Engine {
 
     /// Runs the first round of phase two right after a decision, in its own task so that
     /// it completes even if the caller goes away, and waits for it up to `wait`.
-    async fn drive_decided(&self, lease: Lease, status: Status, wait: Duration) -> Status {
+    async fn drive_decided(&self, decided: Decided, status: Status, wait: Duration) -> Status {
         let engine = self.clone();
-        let span = info_span!("phase_two", gid = %lease.gid);
+        let span = info_span!("phase_two", gid = %decided.lease.gid);
         let work = Work {
-            lease,
+            lease: decided.lease,
             status,
             attempts: 0,
             needs_attention: false,
         };
-        let round = tokio::spawn(async move { engine.drive(work).await }.instrument(span));
+        let round = tokio::spawn(
+            async move { engine.round(work, decided.branches).await }.instrument(span),
+        );
         match tokio::time::timeout(wait, round).await {
             Ok(Ok(Ok(RoundResult::Finished(done)))) => done,
             _ => status,
@@ -453,6 +457,12 @@ impl Engine {
     /// One round of phase two on a transaction this instance holds: calls every pending
     /// branch concurrently and records the outcome.
     pub async fn drive(&self, work: Work) -> Result<RoundResult> {
+        let branches = self.inner.store.branches(&work.lease.gid).await?;
+        self.round(work, branches).await
+    }
+
+    /// [`Engine::drive`] with the branches already read (a decision reads them).
+    async fn round(&self, work: Work, branches: Vec<Branch>) -> Result<RoundResult> {
         let (final_status, done) = match work.status {
             Status::Committing => (Status::Committed, BranchStatus::Confirmed),
             Status::Aborting => (Status::Aborted, BranchStatus::Cancelled),
@@ -467,7 +477,6 @@ impl Engine {
         let retry = &self.inner.config.retry;
         let attempts = u32::try_from(work.attempts).unwrap_or(u32::MAX);
         let delay_ms = retry.delay(attempts).as_millis() as i64;
-        let branches = store.branches(&work.lease.gid).await?;
         let calls = branches
             .iter()
             .filter(|b| b.status == BranchStatus::Pending)
@@ -577,14 +586,17 @@ impl Engine {
                     )
                     .await?;
                 // A refusal means it was committed or aborted by someone else meanwhile.
-                if let Ok(lease) = decided {
+                if let Ok(decided) = decided {
                     info!(gid = %tx.gid, "deadline passed; abort decided");
-                    self.drive(Work {
-                        lease,
-                        status: Status::Aborting,
-                        attempts: 0,
-                        needs_attention: false,
-                    })
+                    self.round(
+                        Work {
+                            lease: decided.lease,
+                            status: Status::Aborting,
+                            attempts: 0,
+                            needs_attention: false,
+                        },
+                        decided.branches,
+                    )
                     .await?;
                 }
             }

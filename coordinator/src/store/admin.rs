@@ -9,7 +9,6 @@
 //! means "not found" or "wrong state", and what to do after a change, is the admin module's
 //! job, not the store's.
 
-use std::sync::OnceLock;
 
 use sqlx::{Any, Row};
 

@@ -1,14 +1,11 @@
 //! Every difference between the SQLite and PostgreSQL SQL the store issues, in one place:
 //! the clock expression, how a write transaction starts, row locking for claims, connection
 //! set-up and URL handling. The statements themselves live in `store/mod.rs` and are written
-//! once, with `{now}` standing for the clock and `{skip_locked}` for claim locking.
+//! once, with `{now}` standing for the clock, `{skip_locked}` for claim locking and
+//! `{json $N: col TYPE, …}` for a table of rows sent as one JSON array parameter (how a
+//! batch of many requests travels in one statement, see `store/batches.rs`).
 
-use std::{
-    collections::HashMap,
-    str::FromStr,
-    sync::{Mutex, OnceLock},
-    time::Duration,
-};
+use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Executor,
@@ -68,96 +65,72 @@ impl Dialect {
     /// Turns a statement template into this dialect's SQL. Called once per statement and
     /// dialect per process; the result lives as long as a string literal would.
     pub fn render(self, template: &str) -> &'static str {
-        let sql = template
+        let mut sql = template
             .replace("{now}", self.now_ms())
             .replace("{skip_locked}", self.skip_locked());
+        while let Some(start) = sql.find("{json ") {
+            let end = start
+                + sql[start..]
+                    .find('}')
+                    .unwrap_or_else(|| panic!("unclosed {{json …}} in {template}"));
+            let rows = self.json_rows(&sql[start + 6..end]);
+            sql.replace_range(start..=end, &rows);
+        }
         Box::leak(sql.into_boxed_str())
     }
 
-    /// `INSERT INTO branch` of `n` branches numbered 1..=n in one statement: `$1` is the
-    /// gid, then participant, action and payload for each branch. Rendered once per count.
-    pub fn insert_branches(self, n: usize) -> &'static str {
-        static CACHE: OnceLock<Mutex<HashMap<(Dialect, usize), &'static str>>> = OnceLock::new();
-        let mut cache = CACHE
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        cache.entry((self, n)).or_insert_with(|| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let p = 2 + 3 * i;
-                    format!(
-                        "($1, {}, ${p}, ${}, ${}, 'PENDING', {{now}}, {{now}})",
-                        i + 1,
-                        p + 1,
-                        p + 2
-                    )
-                })
-                .collect();
-            self.render(&format!(
-                "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
-                 created_at, updated_at) VALUES {}",
-                rows.join(", ")
-            ))
-        })
-    }
-
-    /// PostgreSQL only: Begin with `n` branches as one statement (a data-modifying CTE), so
-    /// it costs one round trip instead of four. Parameters as the `begin` statement
-    /// ($1…$6), then participant, action and payload per branch. SQLite has no writable
-    /// CTEs; there the store runs `begin` and `insert_branches` in one transaction, which
-    /// costs nothing extra in-process.
-    pub fn begin_with_branches(self, n: usize) -> Option<&'static str> {
-        static CACHE: OnceLock<Mutex<HashMap<usize, &'static str>>> = OnceLock::new();
-        if self != Dialect::Postgres {
-            return None;
-        }
-        let mut cache = CACHE
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Some(cache.entry(n).or_insert_with(|| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let p = 7 + 3 * i;
-                    format!("({}, ${p}, ${}, ${}::BYTEA)", i + 1, p + 1, p + 2)
-                })
-                .collect();
-            self.render(&format!(
-                "WITH t AS (INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, \
-                     labels, branch_count, created_at, updated_at) \
-                     VALUES ($1, $2, $3, {{now}} + $4, {{now}} + $4, $5, $6, {{now}}, {{now}}) \
-                     ON CONFLICT (gid) DO NOTHING \
-                     RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, \
-                         version, branch_count, labels, reason, needs_attention, paused, \
-                         decided_at, created_at, updated_at), \
-                 b AS (INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
-                         created_at, updated_at) \
-                     SELECT t.gid, v.id, v.participant, v.action, v.payload, 'PENDING', \
-                         {{now}}, {{now}} \
-                     FROM t, (VALUES {}) AS v (id, participant, action, payload)) \
-                 SELECT * FROM t",
-                rows.join(", ")
-            ))
-        }))
-    }
-
-    /// PostgreSQL only: a round in which every pending branch succeeded, recorded as one
-    /// statement: the branches' new status ($4) and the fenced final status ($5) of the
-    /// transaction. SQLite runs the two statements in one transaction instead.
-    pub fn finish_all(self) -> Option<&'static str> {
-        static SQL: OnceLock<&'static str> = OnceLock::new();
-        (self == Dialect::Postgres).then(|| {
-            *SQL.get_or_init(|| {
-                self.render(
-                    "WITH b AS (UPDATE branch SET status = $4, updated_at = {now}, \
-                         next_attempt_at = NULL WHERE gid = $1 AND status = 'PENDING') \
-                     UPDATE global_tx SET status = $5, owner = NULL, lease_until = NULL, \
-                         next_attempt_at = NULL, updated_at = {now} \
-                     WHERE gid = $1 AND owner = $2 AND version = $3",
-                )
+    /// A derived table of the rows in a JSON array parameter, from a spec like
+    /// `$1: id TEXT, n BIGINT, payload BYTEA`: one row per array element, one column per
+    /// key named in the spec (other keys are ignored). BYTEA values travel as hex strings.
+    /// One parameter carries any number of rows, so a batch of any size is one prepared
+    /// statement.
+    fn json_rows(self, spec: &str) -> String {
+        let (param, columns) = spec
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{{json {spec}}} names no columns"));
+        let columns: Vec<(&str, &str)> = columns
+            .split(',')
+            .map(|column| {
+                column
+                    .trim()
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("{{json {spec}}}: column {column:?} has no type"))
             })
-        })
+            .collect();
+        let param = param.trim();
+        match self {
+            Dialect::Postgres => {
+                let select: Vec<String> = columns
+                    .iter()
+                    .map(|&(name, kind)| match kind {
+                        "BYTEA" => format!("decode(r.{name}, 'hex') AS {name}"),
+                        _ => format!("r.{name}"),
+                    })
+                    .collect();
+                let record: Vec<String> = columns
+                    .iter()
+                    .map(|&(name, kind)| match kind {
+                        "BYTEA" => format!("{name} TEXT"),
+                        _ => format!("{name} {kind}"),
+                    })
+                    .collect();
+                format!(
+                    "(SELECT {} FROM json_to_recordset({param}::json) AS r({}))",
+                    select.join(", "),
+                    record.join(", ")
+                )
+            }
+            Dialect::Sqlite => {
+                let select: Vec<String> = columns
+                    .iter()
+                    .map(|&(name, kind)| match kind {
+                        "BYTEA" => format!("unhex(json_extract(value, '$.{name}')) AS {name}"),
+                        _ => format!("json_extract(value, '$.{name}') AS {name}"),
+                    })
+                    .collect();
+                format!("(SELECT {} FROM json_each({param}))", select.join(", "))
+            }
+        }
     }
 
     /// Opens a pool. SQLite files are created when missing and run in WAL mode with

@@ -11,9 +11,12 @@
 
 mod dialect;
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::collections::BTreeMap;
 
 use sqlx::{Any, AnyPool, Row, any::AnyRow};
+
+use batches::{Begins, Decision, Decisions, Finished, NewTx, Rounds};
+use group::Group;
 
 pub use dialect::{Dialect, redact};
 
@@ -34,6 +37,9 @@ pub enum Error {
     /// A stored row holds a value this version does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The store was shut down while the request waited for its batch.
+    #[error("the store is shut down")]
+    Closed,
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -45,8 +51,8 @@ macro_rules! statements {
 
         impl Sql {
             fn for_dialect(dialect: Dialect) -> &'static Sql {
-                static SQLITE: OnceLock<Sql> = OnceLock::new();
-                static POSTGRES: OnceLock<Sql> = OnceLock::new();
+                static SQLITE: std::sync::OnceLock<Sql> = std::sync::OnceLock::new();
+                static POSTGRES: std::sync::OnceLock<Sql> = std::sync::OnceLock::new();
                 let cell = match dialect {
                     Dialect::Sqlite => &SQLITE,
                     Dialect::Postgres => &POSTGRES,
@@ -58,13 +64,6 @@ macro_rules! statements {
 }
 
 statements! {
-    begin = "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-                 branch_count, created_at, updated_at) \
-             VALUES ($1, $2, $3, {now} + $4, {now} + $4, $5, $6, {now}, {now}) \
-             ON CONFLICT (gid) DO NOTHING \
-             RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                 branch_count, labels, reason, needs_attention, paused, decided_at, \
-                 created_at, updated_at";
     get = "SELECT gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
                branch_count, labels, reason, needs_attention, paused, decided_at, \
                created_at, updated_at \
@@ -79,28 +78,11 @@ statements! {
     insert_branch = "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
                          created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, 'PENDING', {now}, {now})";
-    decide_commit = "UPDATE global_tx SET status = 'COMMITTING', owner = $2, version = version + 1, \
-                         lease_until = {now} + $3, next_attempt_at = {now} + $3, \
-                         decided_at = {now}, updated_at = {now} \
-                     WHERE gid = $1 AND status = 'TRYING' AND deadline > {now} \
-                     RETURNING version";
-    decide_abort = "UPDATE global_tx SET status = 'ABORTING', owner = $2, version = version + 1, \
-                        lease_until = {now} + $3, next_attempt_at = {now} + $3, \
-                        decided_at = {now}, reason = $4, updated_at = {now} \
-                    WHERE gid = $1 AND status = 'TRYING' \
-                    RETURNING version";
     branch_done = "UPDATE branch SET status = $3, updated_at = {now}, next_attempt_at = NULL \
                    WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
-    all_branches_done = "UPDATE branch SET status = $2, updated_at = {now}, next_attempt_at = NULL \
-                         WHERE gid = $1 AND status = 'PENDING'";
     branch_failed = "UPDATE branch SET attempts = attempts + 1, last_error = $3, \
                          next_attempt_at = {now} + $4, updated_at = {now} \
                      WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
-    finish = "UPDATE global_tx SET status = $4, owner = NULL, lease_until = NULL, \
-                  next_attempt_at = NULL, updated_at = {now} \
-              WHERE gid = $1 AND owner = $2 AND version = $3 \
-                  AND NOT EXISTS (SELECT 1 FROM branch \
-                                  WHERE branch.gid = $1 AND branch.status = 'PENDING')";
     reschedule = "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
                       next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $4 END, \
                       updated_at = {now}, \
@@ -139,6 +121,10 @@ mod admin;
 // Declared after `statements!` so that the retention statements can use it.
 mod retention;
 
+// Declared after `statements!` so that the batched statements can use it.
+mod batches;
+mod group;
+
 pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
 
 /// A branch registered together with its transaction.
@@ -150,6 +136,16 @@ pub struct NewBranch<'a> {
     pub action: &'a str,
     /// Opaque payload.
     pub payload: &'a [u8],
+}
+
+/// A decision taken: the lease to drive phase two with, and the transaction's branches as
+/// they were when it was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The lease the decision produced.
+    pub lease: Lease,
+    /// Every branch, in registration order.
+    pub branches: Vec<Branch>,
 }
 
 /// What a compare-and-set decision found when it did not win.
@@ -232,7 +228,13 @@ pub struct Store {
     relaxed: AnyPool,
     dialect: Dialect,
     sql: &'static Sql,
+    begins: Group<Begins>,
+    decisions: Group<Decisions>,
+    rounds: Group<Rounds>,
 }
+
+/// The most requests one batch carries.
+const MAX_BATCH: usize = 128;
 
 impl std::fmt::Debug for Sql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,9 +243,18 @@ impl std::fmt::Debug for Sql {
 }
 
 impl Store {
-    /// Connects (creating a SQLite file if missing) and applies pending migrations.
+    /// Connects (creating a SQLite file if missing), applies pending migrations and starts
+    /// the group-commit tasks on the current runtime.
+    ///
+    /// PostgreSQL gets a pool of `max_connections`. SQLite gets one connection whatever
+    /// `max_connections` says: it admits one writer at a time, and more connections only
+    /// wait on its lock (sleeping in `busy_timeout`) where a queue would hand over at once.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
         let dialect = Dialect::from_url(url)?;
+        let max_connections = match dialect {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres => max_connections.max(2),
+        };
         let pool = dialect.connect(url, max_connections, false).await?;
         match dialect {
             Dialect::Sqlite => {
@@ -265,7 +276,34 @@ impl Store {
                     .await?
             }
         };
+        // Each kind of batch may have a quarter of the pool in flight, leaving the rest for
+        // claims, reads and the Admin API.
+        let in_flight = (max_connections / 4).max(1) as usize;
         Ok(Store {
+            begins: Group::start(
+                Begins {
+                    pool: pool.clone(),
+                    dialect,
+                },
+                in_flight,
+                MAX_BATCH,
+            ),
+            decisions: Group::start(
+                Decisions {
+                    pool: pool.clone(),
+                    dialect,
+                },
+                in_flight,
+                MAX_BATCH,
+            ),
+            rounds: Group::start(
+                Rounds {
+                    pool: relaxed.clone(),
+                    dialect,
+                },
+                in_flight,
+                MAX_BATCH,
+            ),
             pool,
             relaxed,
             dialect,
@@ -297,7 +335,8 @@ impl Store {
 
     /// Inserts a TRYING transaction together with its first branches (ids 1, 2, …), in
     /// one database transaction, or returns the existing one with the same gid (and adds
-    /// nothing). The boolean is true when this call created it.
+    /// nothing). The boolean is true when this call created it. Concurrent Begins share
+    /// one commit (see [`group`]).
     pub async fn begin(
         &self,
         gid: &str,
@@ -309,42 +348,22 @@ impl Store {
     ) -> Result<(GlobalTx, bool)> {
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
-        let with_tx = |sql: &'static str| {
-            sqlx::query(sql)
-                .bind(gid)
-                .bind(mode.as_str())
-                .bind(status.as_str())
-                .bind(timeout_ms)
-                .bind(labels.clone())
-                .bind(branches.len() as i64)
-        };
-        let with_branches = |mut query: sqlx::query::Query<'static, Any, _>| {
-            for branch in branches {
-                query = query
-                    .bind(branch.participant)
-                    .bind(branch.action)
-                    .bind(branch.payload);
-            }
-            query
-        };
-        let row = if branches.is_empty() {
-            with_tx(self.sql.begin).fetch_optional(&self.pool).await?
-        } else if let Some(sql) = self.dialect.begin_with_branches(branches.len()) {
-            with_branches(with_tx(sql))
-                .fetch_optional(&self.pool)
-                .await?
-        } else {
-            let mut tx = self.write_tx().await?;
-            let row = with_tx(self.sql.begin).fetch_optional(&mut *tx).await?;
-            if row.is_some() {
-                let insert = sqlx::query(self.dialect.insert_branches(branches.len())).bind(gid);
-                with_branches(insert).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            row
-        };
-        match row {
-            Some(row) => Ok((tx_from_row(&row)?, true)),
+        let created = self
+            .begins
+            .submit(NewTx {
+                gid: gid.to_owned(),
+                mode,
+                status,
+                timeout_ms,
+                labels,
+                branches: branches
+                    .iter()
+                    .map(|b| (b.participant.to_owned(), b.action.to_owned(), b.payload.to_vec()))
+                    .collect(),
+            })
+            .await?;
+        match created {
+            Some(tx) => Ok((tx, true)),
             None => match self.get(gid).await? {
                 Some(tx) => Ok((tx, false)),
                 // Inserted by someone else and gone already: only retention could do that.
@@ -414,20 +433,16 @@ impl Store {
     }
 
     /// Decides commit: TRYING and before the deadline → COMMITTING, owned by `owner` for
-    /// `lease_ms`. The deadline check is part of the compare-and-set.
+    /// `lease_ms`. The deadline check is part of the compare-and-set. Concurrent decisions
+    /// share one commit (see [`group`]).
     pub async fn decide_commit(
         &self,
         gid: &str,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<Result<Lease, Refusal>> {
-        let version: Option<i64> = sqlx::query_scalar(self.sql.decide_commit)
-            .bind(gid)
-            .bind(owner)
-            .bind(lease_ms)
-            .fetch_optional(&self.pool)
-            .await?;
-        self.lease_or_refusal(gid, owner, version).await
+    ) -> Result<Result<Decided, Refusal>> {
+        self.decide(gid, Status::Committing, owner, lease_ms, None)
+            .await
     }
 
     /// Decides abort: TRYING → ABORTING (whatever the deadline), owned by `owner`.
@@ -437,29 +452,31 @@ impl Store {
         owner: &str,
         lease_ms: i64,
         reason: &str,
-    ) -> Result<Result<Lease, Refusal>> {
-        let version: Option<i64> = sqlx::query_scalar(self.sql.decide_abort)
-            .bind(gid)
-            .bind(owner)
-            .bind(lease_ms)
-            .bind(reason)
-            .fetch_optional(&self.pool)
-            .await?;
-        self.lease_or_refusal(gid, owner, version).await
+    ) -> Result<Result<Decided, Refusal>> {
+        self.decide(gid, Status::Aborting, owner, lease_ms, Some(reason))
+            .await
     }
 
-    async fn lease_or_refusal(
+    async fn decide(
         &self,
         gid: &str,
+        to: Status,
         owner: &str,
-        version: Option<i64>,
-    ) -> Result<Result<Lease, Refusal>> {
-        Ok(match version {
-            Some(version) => Ok(Lease {
+        lease_ms: i64,
+        reason: Option<&str>,
+    ) -> Result<Result<Decided, Refusal>> {
+        let decided = self
+            .decisions
+            .submit(Decision {
                 gid: gid.to_owned(),
+                to,
                 owner: owner.to_owned(),
-                version,
-            }),
+                lease_ms,
+                reason: reason.map(str::to_owned),
+            })
+            .await?;
+        Ok(match decided {
+            Some(decided) => Ok(decided),
             None => Err(match self.get(gid).await? {
                 None => Refusal::NotFound,
                 Some(found) => Refusal::State(found),
@@ -470,7 +487,8 @@ impl Store {
     /// Records one phase-two round in a single database transaction: each branch's outcome,
     /// then either the final status (when no branch is left pending) or the next attempt.
     /// The global write is fenced by the lease; branch successes are facts and are kept
-    /// even when the lease was lost.
+    /// even when the lease was lost. A round in which every branch succeeded — the usual
+    /// one — shares its commit with other transactions' (see [`group`]).
     ///
     /// This write does not wait for durability. The decision it follows is durable, and so
     /// is every participant's answer, in the participant's own database; if a crash loses
@@ -488,85 +506,62 @@ impl Store {
         let all_done = outcomes
             .iter()
             .all(|(_, outcome)| matches!(outcome, BranchOutcome::Done(_)));
-        if all_done
-            && !outcomes.is_empty()
-            && let Some(sql) = self.dialect.finish_all()
-        {
-            let finished = sqlx::query(sql)
-                .bind(&lease.gid)
-                .bind(&lease.owner)
-                .bind(lease.version)
-                .bind(done_status(outcomes).as_str())
-                .bind(final_status.as_str())
-                .execute(&self.relaxed)
+        if all_done {
+            let done = match final_status {
+                Status::Committed => BranchStatus::Confirmed,
+                _ => BranchStatus::Cancelled,
+            };
+            let finished = self
+                .rounds
+                .submit(Finished {
+                    lease: lease.clone(),
+                    done,
+                    status: final_status,
+                })
                 .await?;
-            return Ok(if finished.rows_affected() == 1 {
+            return Ok(if finished {
                 RoundResult::Finished(final_status)
             } else {
                 RoundResult::LostLease
             });
         }
         let mut tx = self.relaxed.begin_with(self.dialect.begin_write()).await?;
-        if all_done && !outcomes.is_empty() {
-            // The usual round: every pending branch succeeded, so one statement records it.
-            sqlx::query(self.sql.all_branches_done)
-                .bind(&lease.gid)
-                .bind(done_status(outcomes).as_str())
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            for (branch_id, outcome) in outcomes {
-                match outcome {
-                    BranchOutcome::Done(status) => {
-                        sqlx::query(self.sql.branch_done)
-                            .bind(&lease.gid)
-                            .bind(i64::from(*branch_id))
-                            .bind(status.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    BranchOutcome::Failed { error, retry_in_ms } => {
-                        sqlx::query(self.sql.branch_failed)
-                            .bind(&lease.gid)
-                            .bind(i64::from(*branch_id))
-                            .bind(error.as_str())
-                            .bind(*retry_in_ms)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+        for (branch_id, outcome) in outcomes {
+            match outcome {
+                BranchOutcome::Done(status) => {
+                    sqlx::query(self.sql.branch_done)
+                        .bind(&lease.gid)
+                        .bind(i64::from(*branch_id))
+                        .bind(status.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                BranchOutcome::Failed { error, retry_in_ms } => {
+                    sqlx::query(self.sql.branch_failed)
+                        .bind(&lease.gid)
+                        .bind(i64::from(*branch_id))
+                        .bind(error.as_str())
+                        .bind(*retry_in_ms)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }
-        let result = if all_done {
-            let finished = sqlx::query(self.sql.finish)
-                .bind(&lease.gid)
-                .bind(&lease.owner)
-                .bind(lease.version)
-                .bind(final_status.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if finished.rows_affected() == 1 {
-                RoundResult::Finished(final_status)
-            } else {
-                RoundResult::LostLease
-            }
-        } else {
-            let row = sqlx::query(self.sql.reschedule)
-                .bind(&lease.gid)
-                .bind(&lease.owner)
-                .bind(lease.version)
-                .bind(retry_in_ms)
-                .bind(escalation.after_attempts)
-                .bind(escalation.after_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match row {
-                Some(row) => RoundResult::Rescheduled {
-                    attempts: row.try_get("attempts")?,
-                    needs_attention: row.try_get::<i64, _>("needs_attention")? != 0,
-                },
-                None => RoundResult::LostLease,
-            }
+        let row = sqlx::query(self.sql.reschedule)
+            .bind(&lease.gid)
+            .bind(&lease.owner)
+            .bind(lease.version)
+            .bind(retry_in_ms)
+            .bind(escalation.after_attempts)
+            .bind(escalation.after_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let result = match row {
+            Some(row) => RoundResult::Rescheduled {
+                attempts: row.try_get("attempts")?,
+                needs_attention: row.try_get::<i64, _>("needs_attention")? != 0,
+            },
+            None => RoundResult::LostLease,
         };
         tx.commit().await?;
         Ok(result)
@@ -625,18 +620,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?)
     }
-}
-
-/// The status a round's successes move their branches to (one per round: CONFIRMED or
-/// CANCELLED).
-fn done_status(outcomes: &[(u32, BranchOutcome)]) -> BranchStatus {
-    outcomes
-        .iter()
-        .find_map(|(_, outcome)| match outcome {
-            BranchOutcome::Done(status) => Some(*status),
-            BranchOutcome::Failed { .. } => None,
-        })
-        .unwrap_or(BranchStatus::Pending)
 }
 
 fn corrupt(what: &str, value: &str) -> Error {

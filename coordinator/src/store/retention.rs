@@ -9,7 +9,6 @@
 //! The audit trail is kept: it records operators' actions, which outlive the transactions.
 
 use super::{Dialect, Result, Store};
-use std::sync::OnceLock;
 
 statements! {
     retire = "INSERT INTO retired_gid (gid, retired_at) \

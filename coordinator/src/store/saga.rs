@@ -8,7 +8,7 @@
 //! only applies those decisions atomically. Every write after a claim is fenced: a write
 //! whose owner or version no longer matches changes nothing, branch rows included.
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use sqlx::{Any, Row, any::AnyRow};

@@ -1,0 +1,326 @@
+//! The three writes every TCC transaction makes, done for many transactions at once by
+//! [`Group`](super::group::Group)s: Begin with its first branches, the commit or abort
+//! decision (which also reads the decided transactions' branches for the round that
+//! follows), and the record of a round in which every branch succeeded.
+//!
+//! Each batch is sent as JSON array parameters (`{json …}` in the templates), so a batch of
+//! any size is the same few prepared statements. A gid that appears twice in one batch is
+//! written once, for its first request; the later ones answer as if they had come second
+//! (Begin finds the transaction existing, a decision finds it decided), which is what they
+//! would have seen one after the other. The store's single-transaction methods keep the
+//! rules for what a refusal means; this module only writes.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::{AnyPool, Row};
+
+use super::{
+    Decided, Dialect, Error, Lease, Result, branch_from_row, group::Batch, tx_from_row,
+};
+use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
+
+statements! {
+    begin = "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
+                 branch_count, created_at, updated_at) \
+             SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, \
+                 v.labels, v.branch_count, {now}, {now} \
+             FROM {json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
+                 branch_count BIGINT} AS v \
+             WHERE true \
+             ON CONFLICT (gid) DO NOTHING \
+             RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
+                 branch_count, labels, reason, needs_attention, paused, decided_at, \
+                 created_at, updated_at";
+    insert_branches = "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
+                           created_at, updated_at) \
+                       SELECT v.id, v.branch_id, v.participant, v.action, v.payload, 'PENDING', \
+                           {now}, {now} \
+                       FROM {json $1: id TEXT, branch_id BIGINT, participant TEXT, action TEXT, \
+                           payload BYTEA} AS v";
+    decide = "UPDATE global_tx SET status = v.to_status, owner = v.lease_owner, \
+                  version = version + 1, lease_until = {now} + v.lease_ms, \
+                  next_attempt_at = {now} + v.lease_ms, decided_at = {now}, \
+                  reason = COALESCE(v.abort_reason, reason), updated_at = {now} \
+              FROM {json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
+                  abort_reason TEXT} AS v \
+              WHERE global_tx.gid = v.id AND global_tx.status = 'TRYING' \
+                  AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
+              RETURNING gid, version";
+    branches = "SELECT branch.gid, branch.branch_id, branch.participant, branch.action, \
+                    branch.payload, branch.status, branch.attempts, branch.last_error, \
+                    branch.next_attempt_at \
+                FROM branch JOIN {json $1: id TEXT} AS v ON branch.gid = v.id \
+                ORDER BY branch.gid, branch.branch_id";
+    finish_branches = "UPDATE branch SET status = v.done, updated_at = {now}, \
+                           next_attempt_at = NULL \
+                       FROM {json $1: id TEXT, done TEXT} AS v \
+                       WHERE branch.gid = v.id AND branch.status = 'PENDING'";
+    finish = "UPDATE global_tx SET status = v.final_status, owner = NULL, lease_until = NULL, \
+                  next_attempt_at = NULL, updated_at = {now} \
+              FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, \
+                  final_status TEXT} AS v \
+              WHERE global_tx.gid = v.id AND global_tx.owner = v.lease_owner \
+                  AND global_tx.version = v.lease_version \
+              RETURNING gid";
+}
+
+/// Begin of one transaction with its first branches.
+#[derive(Debug)]
+pub(super) struct NewTx {
+    pub gid: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub timeout_ms: i64,
+    /// Serialised JSON object.
+    pub labels: String,
+    /// (participant, action, payload), numbered 1, 2, … in this order.
+    pub branches: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Inserts transactions with their branches; answers the stored row for each transaction
+/// this batch created, `None` for a gid that already existed.
+#[derive(Debug)]
+pub(super) struct Begins {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Batch for Begins {
+    type Item = NewTx;
+    type Output = Option<GlobalTx>;
+
+    async fn run(&self, items: &[NewTx]) -> Result<Vec<Option<GlobalTx>>> {
+        #[derive(Serialize)]
+        struct TxRow<'a> {
+            id: &'a str,
+            mode: &'a str,
+            status: &'a str,
+            timeout_ms: i64,
+            labels: &'a str,
+            branch_count: usize,
+        }
+        #[derive(Serialize)]
+        struct BranchRow<'a> {
+            id: &'a str,
+            branch_id: usize,
+            participant: &'a str,
+            action: &'a str,
+            payload: String,
+        }
+        let sql = Sql::for_dialect(self.dialect);
+        let firsts = first_of_each_gid(items, |item| &item.gid);
+        let txs: Vec<TxRow> = firsts
+            .iter()
+            .map(|item| TxRow {
+                id: &item.gid,
+                mode: item.mode.as_str(),
+                status: item.status.as_str(),
+                timeout_ms: item.timeout_ms,
+                labels: &item.labels,
+                branch_count: item.branches.len(),
+            })
+            .collect();
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let rows = sqlx::query(sql.begin)
+            .bind(to_json(&txs)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut created = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let begun = tx_from_row(row)?;
+            created.insert(begun.gid.clone(), begun);
+        }
+        let branches: Vec<BranchRow> = firsts
+            .iter()
+            .filter(|item| created.contains_key(&item.gid))
+            .flat_map(|item| {
+                item.branches.iter().zip(1..).map(|(branch, branch_id)| BranchRow {
+                    id: &item.gid,
+                    branch_id,
+                    participant: &branch.0,
+                    action: &branch.1,
+                    payload: hex(&branch.2),
+                })
+            })
+            .collect();
+        if !branches.is_empty() {
+            sqlx::query(sql.insert_branches)
+                .bind(to_json(&branches)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(items.iter().map(|item| created.remove(&item.gid)).collect())
+    }
+}
+
+/// A decision on one TRYING transaction: to COMMITTING (before its deadline) or ABORTING,
+/// owned by `owner` for `lease_ms`.
+#[derive(Debug)]
+pub(super) struct Decision {
+    pub gid: String,
+    /// COMMITTING or ABORTING.
+    pub to: Status,
+    pub owner: String,
+    pub lease_ms: i64,
+    /// Kept for an abort.
+    pub reason: Option<String>,
+}
+
+/// Makes decisions; answers the lease and branches of each one taken, `None` for a
+/// transaction that was not TRYING (or past its deadline, for a commit) or does not exist.
+#[derive(Debug)]
+pub(super) struct Decisions {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Batch for Decisions {
+    type Item = Decision;
+    type Output = Option<Decided>;
+
+    async fn run(&self, items: &[Decision]) -> Result<Vec<Option<Decided>>> {
+        #[derive(Serialize)]
+        struct DecisionRow<'a> {
+            id: &'a str,
+            to_status: &'a str,
+            lease_owner: &'a str,
+            lease_ms: i64,
+            abort_reason: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Gid<'a> {
+            id: &'a str,
+        }
+        let sql = Sql::for_dialect(self.dialect);
+        let rows: Vec<DecisionRow> = first_of_each_gid(items, |item| &item.gid)
+            .into_iter()
+            .map(|item| DecisionRow {
+                id: &item.gid,
+                to_status: item.to.as_str(),
+                lease_owner: &item.owner,
+                lease_ms: item.lease_ms,
+                abort_reason: item.reason.as_deref(),
+            })
+            .collect();
+        let decided = sqlx::query(sql.decide)
+            .bind(to_json(&rows)?)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut versions = HashMap::with_capacity(decided.len());
+        for row in &decided {
+            versions.insert(row.try_get::<String, _>("gid")?, row.try_get::<i64, _>("version")?);
+        }
+        let mut branches: HashMap<String, Vec<Branch>> = HashMap::with_capacity(versions.len());
+        if !versions.is_empty() {
+            let gids: Vec<Gid> = versions.keys().map(|gid| Gid { id: gid }).collect();
+            let rows = sqlx::query(sql.branches)
+                .bind(to_json(&gids)?)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                let branch = branch_from_row(row)?;
+                branches.entry(branch.gid.clone()).or_default().push(branch);
+            }
+        }
+        Ok(items
+            .iter()
+            .map(|item| {
+                versions.remove(&item.gid).map(|version| Decided {
+                    lease: Lease {
+                        gid: item.gid.clone(),
+                        owner: item.owner.clone(),
+                        version,
+                    },
+                    branches: branches.remove(&item.gid).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// A round in which every pending branch succeeded.
+#[derive(Debug)]
+pub(super) struct Finished {
+    pub lease: Lease,
+    /// CONFIRMED or CANCELLED.
+    pub done: BranchStatus,
+    /// COMMITTED or ABORTED.
+    pub status: Status,
+}
+
+/// Records finished rounds (without waiting for durability: see `Store::record_round`):
+/// the branches' new status whatever happened to the lease, since they are facts, and the
+/// final status of each transaction whose lease still holds. Answers whether it did.
+#[derive(Debug)]
+pub(super) struct Rounds {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Batch for Rounds {
+    type Item = Finished;
+    type Output = bool;
+
+    async fn run(&self, items: &[Finished]) -> Result<Vec<bool>> {
+        #[derive(Serialize)]
+        struct RoundRow<'a> {
+            id: &'a str,
+            done: &'a str,
+            lease_owner: &'a str,
+            lease_version: i64,
+            final_status: &'a str,
+        }
+        let sql = Sql::for_dialect(self.dialect);
+        let rows: Vec<RoundRow> = first_of_each_gid(items, |item| &item.lease.gid)
+            .into_iter()
+            .map(|item| RoundRow {
+                id: &item.lease.gid,
+                done: item.done.as_str(),
+                lease_owner: &item.lease.owner,
+                lease_version: item.lease.version,
+                final_status: item.status.as_str(),
+            })
+            .collect();
+        let rows = to_json(&rows)?;
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        sqlx::query(sql.finish_branches)
+            .bind(rows.clone())
+            .execute(&mut *tx)
+            .await?;
+        let finished = sqlx::query(sql.finish)
+            .bind(rows)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut finished: HashSet<String> = finished
+            .iter()
+            .map(|row| row.try_get("gid"))
+            .collect::<Result<_, _>>()?;
+        Ok(items
+            .iter()
+            .map(|item| finished.remove(&item.lease.gid))
+            .collect())
+    }
+}
+
+/// The items whose gid did not occur earlier in the batch.
+fn first_of_each_gid<'a, T>(items: &'a [T], gid: impl Fn(&'a T) -> &'a str) -> Vec<&'a T> {
+    let mut seen = HashSet::with_capacity(items.len());
+    items.iter().filter(|item| seen.insert(gid(item))).collect()
+}
+
+fn to_json<T: Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Corrupt(format!("batch not serialisable: {e}")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
