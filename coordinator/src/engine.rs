@@ -340,9 +340,7 @@ impl Engine {
         {
             Ok(decided) => {
                 info!(%gid, "commit decided");
-                return Ok(self
-                    .drive_decided(decided, Status::Committing, wait)
-                    .await);
+                return Ok(self.drive_decided(decided, Status::Committing, wait).await);
             }
             Err(refusal) => refusal,
         };

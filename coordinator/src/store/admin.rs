@@ -9,7 +9,6 @@
 //! means "not found" or "wrong state", and what to do after a change, is the admin module's
 //! job, not the store's.
 
-
 use sqlx::{Any, Row};
 
 use super::{Dialect, Lease, Result, Store, branch_from_row, tx_from_row};

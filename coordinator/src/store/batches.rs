@@ -4,10 +4,10 @@
 //! follows), and the record of a round in which every branch succeeded.
 //!
 //! Each batch is sent as JSON array parameters (`{json …}` in the templates), so a batch of
-//! any size is the same few prepared statements. A gid that appears twice in one batch is
-//! written once, for its first request; the later ones answer as if they had come second
-//! (Begin finds the transaction existing, a decision finds it decided), which is what they
-//! would have seen one after the other. The store's single-transaction methods keep the
+//! any size is the same few statements. A gid that appears twice in one batch of Begins or
+//! decisions is written once, for its first request; the later ones answer as if they had
+//! come second (Begin finds the transaction existing, a decision finds it decided), which is
+//! what they would have seen one after the other. The store's single-transaction methods keep the
 //! rules for what a refusal means; this module only writes.
 
 use std::collections::{HashMap, HashSet};
@@ -15,54 +15,98 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
-use super::{
-    Decided, Dialect, Error, Lease, Result, branch_from_row, group::Batch, tx_from_row,
-};
+use super::{Decided, Dialect, Error, Lease, Result, branch_from_row, group::Batch, tx_from_row};
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 
+// Fragments used alone (SQLite) and combined into one statement (PostgreSQL).
+macro_rules! begin_sql {
+    () => {
+        "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
+             branch_count, created_at, updated_at) \
+         SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, v.labels, \
+             v.branch_count, {now}, {now} \
+         FROM {json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
+             branch_count BIGINT} AS v \
+         WHERE true \
+         ON CONFLICT (gid) DO NOTHING \
+         RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
+             branch_count, labels, reason, needs_attention, paused, decided_at, created_at, \
+             updated_at"
+    };
+}
+
+macro_rules! branches_of {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
+                 created_at, updated_at) \
+             SELECT v.id, v.branch_id, v.participant, v.action, v.payload, 'PENDING', \
+                 {now}, {now} \
+             FROM {json $2: id TEXT, branch_id BIGINT, participant TEXT, action TEXT, \
+                 payload BYTEA} AS v",
+            $rows
+        )
+    };
+}
+
+macro_rules! decide_sql {
+    () => {
+        "UPDATE global_tx SET status = v.to_status, owner = v.lease_owner, \
+             version = version + 1, lease_until = {now} + v.lease_ms, \
+             next_attempt_at = {now} + v.lease_ms, decided_at = {now}, \
+             reason = COALESCE(v.abort_reason, reason), updated_at = {now} \
+         FROM {json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
+             abort_reason TEXT} AS v \
+         WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
+             AND global_tx.status = 'TRYING' \
+             AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
+         RETURNING gid, version"
+    };
+}
+
+macro_rules! finish_branches_sql {
+    () => {
+        "UPDATE branch SET status = v.done, updated_at = {now}, next_attempt_at = NULL \
+         FROM {json $1: id TEXT, done TEXT} AS v \
+         WHERE branch.gid = v.id AND branch.gid {in_ids $1} AND branch.status = 'PENDING'"
+    };
+}
+
+macro_rules! finish_sql {
+    () => {
+        "UPDATE global_tx SET status = v.final_status, owner = NULL, lease_until = NULL, \
+             next_attempt_at = NULL, updated_at = {now} \
+         FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, final_status TEXT} AS v \
+         WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
+             AND global_tx.owner = v.lease_owner AND global_tx.version = v.lease_version \
+         RETURNING gid, version"
+    };
+}
+
 statements! {
-    begin = "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-                 branch_count, created_at, updated_at) \
-             SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, \
-                 v.labels, v.branch_count, {now}, {now} \
-             FROM {json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
-                 branch_count BIGINT} AS v \
-             WHERE true \
-             ON CONFLICT (gid) DO NOTHING \
-             RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                 branch_count, labels, reason, needs_attention, paused, decided_at, \
-                 created_at, updated_at";
-    insert_branches = "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
-                           created_at, updated_at) \
-                       SELECT v.id, v.branch_id, v.participant, v.action, v.payload, 'PENDING', \
-                           {now}, {now} \
-                       FROM {json $1: id TEXT, branch_id BIGINT, participant TEXT, action TEXT, \
-                           payload BYTEA} AS v";
-    decide = "UPDATE global_tx SET status = v.to_status, owner = v.lease_owner, \
-                  version = version + 1, lease_until = {now} + v.lease_ms, \
-                  next_attempt_at = {now} + v.lease_ms, decided_at = {now}, \
-                  reason = COALESCE(v.abort_reason, reason), updated_at = {now} \
-              FROM {json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
-                  abort_reason TEXT} AS v \
-              WHERE global_tx.gid = v.id AND global_tx.status = 'TRYING' \
-                  AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
-              RETURNING gid, version";
-    branches = "SELECT branch.gid, branch.branch_id, branch.participant, branch.action, \
-                    branch.payload, branch.status, branch.attempts, branch.last_error, \
-                    branch.next_attempt_at \
-                FROM branch JOIN {json $1: id TEXT} AS v ON branch.gid = v.id \
-                ORDER BY branch.gid, branch.branch_id";
-    finish_branches = "UPDATE branch SET status = v.done, updated_at = {now}, \
-                           next_attempt_at = NULL \
-                       FROM {json $1: id TEXT, done TEXT} AS v \
-                       WHERE branch.gid = v.id AND branch.status = 'PENDING'";
-    finish = "UPDATE global_tx SET status = v.final_status, owner = NULL, lease_until = NULL, \
-                  next_attempt_at = NULL, updated_at = {now} \
-              FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, \
-                  final_status TEXT} AS v \
-              WHERE global_tx.gid = v.id AND global_tx.owner = v.lease_owner \
-                  AND global_tx.version = v.lease_version \
-              RETURNING gid";
+    begin = begin_sql!();
+    // The branches ($2: every branch of the batch) of the transactions just created ($1).
+    insert_branches = branches_of!(" WHERE v.id {in_ids $1}");
+    begin_with_branches = concat!(
+        "WITH t AS (", begin_sql!(), "), b AS (", branches_of!(" JOIN t ON t.gid = v.id"), ") \
+         SELECT * FROM t"
+    );
+    decide = decide_sql!();
+    decide_with_branches = concat!(
+        "WITH d AS (", decide_sql!(), ") \
+         SELECT d.gid AS decided_gid, d.version AS decided_version, b.gid, b.branch_id, \
+             b.participant, b.action, b.payload, b.status, b.attempts, b.last_error, \
+             b.next_attempt_at \
+         FROM d LEFT JOIN branch b ON b.gid = d.gid AND b.gid {in_ids $1} \
+         ORDER BY b.gid, b.branch_id"
+    );
+    branches = "SELECT gid, branch_id, participant, action, payload, status, attempts, \
+                    last_error, next_attempt_at \
+                FROM branch WHERE gid {in_ids $1} \
+                ORDER BY gid, branch_id";
+    finish_branches = finish_branches_sql!();
+    finish = finish_sql!();
+    finish_all = concat!("WITH b AS (", finish_branches_sql!(), ") ", finish_sql!());
 }
 
 /// Begin of one transaction with its first branches.
@@ -121,36 +165,50 @@ impl Batch for Begins {
                 branch_count: item.branches.len(),
             })
             .collect();
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
-        let rows = sqlx::query(sql.begin)
-            .bind(to_json(&txs)?)
-            .fetch_all(&mut *tx)
-            .await?;
+        let branches: Vec<BranchRow> = firsts
+            .iter()
+            .flat_map(|item| {
+                item.branches
+                    .iter()
+                    .zip(1..)
+                    .map(|(branch, branch_id)| BranchRow {
+                        id: &item.gid,
+                        branch_id,
+                        participant: &branch.0,
+                        action: &branch.1,
+                        payload: hex(&branch.2),
+                    })
+            })
+            .collect();
+        let (txs, branches) = (to_json(&txs)?, to_json(&branches)?);
+        let rows = if self.dialect.writable_cte() {
+            sqlx::query(sql.begin_with_branches)
+                .bind(txs)
+                .bind(branches)
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            let rows = sqlx::query(sql.begin).bind(txs).fetch_all(&mut *tx).await?;
+            if !rows.is_empty() {
+                let created: Vec<Gid<String>> = rows
+                    .iter()
+                    .map(|row| row.try_get("gid").map(|id| Gid { id }))
+                    .collect::<Result<_, _>>()?;
+                sqlx::query(sql.insert_branches)
+                    .bind(to_json(&created)?)
+                    .bind(branches)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            rows
+        };
         let mut created = HashMap::with_capacity(rows.len());
         for row in &rows {
             let begun = tx_from_row(row)?;
             created.insert(begun.gid.clone(), begun);
         }
-        let branches: Vec<BranchRow> = firsts
-            .iter()
-            .filter(|item| created.contains_key(&item.gid))
-            .flat_map(|item| {
-                item.branches.iter().zip(1..).map(|(branch, branch_id)| BranchRow {
-                    id: &item.gid,
-                    branch_id,
-                    participant: &branch.0,
-                    action: &branch.1,
-                    payload: hex(&branch.2),
-                })
-            })
-            .collect();
-        if !branches.is_empty() {
-            sqlx::query(sql.insert_branches)
-                .bind(to_json(&branches)?)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(items.iter().map(|item| created.remove(&item.gid)).collect())
     }
 }
@@ -189,10 +247,6 @@ impl Batch for Decisions {
             lease_ms: i64,
             abort_reason: Option<&'a str>,
         }
-        #[derive(Serialize)]
-        struct Gid<'a> {
-            id: &'a str,
-        }
         let sql = Sql::for_dialect(self.dialect);
         let rows: Vec<DecisionRow> = first_of_each_gid(items, |item| &item.gid)
             .into_iter()
@@ -204,24 +258,41 @@ impl Batch for Decisions {
                 abort_reason: item.reason.as_deref(),
             })
             .collect();
-        let decided = sqlx::query(sql.decide)
-            .bind(to_json(&rows)?)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut versions = HashMap::with_capacity(decided.len());
-        for row in &decided {
-            versions.insert(row.try_get::<String, _>("gid")?, row.try_get::<i64, _>("version")?);
-        }
-        let mut branches: HashMap<String, Vec<Branch>> = HashMap::with_capacity(versions.len());
-        if !versions.is_empty() {
-            let gids: Vec<Gid> = versions.keys().map(|gid| Gid { id: gid }).collect();
-            let rows = sqlx::query(sql.branches)
-                .bind(to_json(&gids)?)
+        let rows = to_json(&rows)?;
+        let mut versions: HashMap<String, i64> = HashMap::new();
+        let mut branches: HashMap<String, Vec<Branch>> = HashMap::new();
+        if self.dialect.writable_cte() {
+            let decided = sqlx::query(sql.decide_with_branches)
+                .bind(rows)
                 .fetch_all(&self.pool)
                 .await?;
-            for row in &rows {
-                let branch = branch_from_row(row)?;
-                branches.entry(branch.gid.clone()).or_default().push(branch);
+            for row in &decided {
+                versions.insert(row.try_get("decided_gid")?, row.try_get("decided_version")?);
+                // A transaction without branches comes as one row of NULLs.
+                if row.try_get::<Option<i64>, _>("branch_id")?.is_some() {
+                    let branch = branch_from_row(row)?;
+                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                }
+            }
+        } else {
+            let decided = sqlx::query(sql.decide)
+                .bind(rows)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &decided {
+                versions.insert(row.try_get("gid")?, row.try_get("version")?);
+            }
+            if !versions.is_empty() {
+                let gids: Vec<Gid<&str>> =
+                    versions.keys().map(|id| Gid { id: id.as_str() }).collect();
+                let rows = sqlx::query(sql.branches)
+                    .bind(to_json(&gids)?)
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &rows {
+                    let branch = branch_from_row(row)?;
+                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                }
             }
         }
         Ok(items
@@ -273,8 +344,10 @@ impl Batch for Rounds {
             final_status: &'a str,
         }
         let sql = Sql::for_dialect(self.dialect);
-        let rows: Vec<RoundRow> = first_of_each_gid(items, |item| &item.lease.gid)
-            .into_iter()
+        // No gid is skipped here: two rounds of one transaction carry different leases
+        // (a late one of a previous owner, say), and the fence lets at most one finish.
+        let rows: Vec<RoundRow> = items
+            .iter()
             .map(|item| RoundRow {
                 id: &item.lease.gid,
                 done: item.done.as_str(),
@@ -284,25 +357,39 @@ impl Batch for Rounds {
             })
             .collect();
         let rows = to_json(&rows)?;
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
-        sqlx::query(sql.finish_branches)
-            .bind(rows.clone())
-            .execute(&mut *tx)
-            .await?;
-        let finished = sqlx::query(sql.finish)
-            .bind(rows)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let mut finished: HashSet<String> = finished
+        let finished = if self.dialect.writable_cte() {
+            sqlx::query(sql.finish_all)
+                .bind(rows)
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            sqlx::query(sql.finish_branches)
+                .bind(rows.clone())
+                .execute(&mut *tx)
+                .await?;
+            let finished = sqlx::query(sql.finish)
+                .bind(rows)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            finished
+        };
+        let mut finished: HashSet<(String, i64)> = finished
             .iter()
-            .map(|row| row.try_get("gid"))
-            .collect::<Result<_, _>>()?;
+            .map(|row| Ok((row.try_get("gid")?, row.try_get("version")?)))
+            .collect::<Result<_>>()?;
         Ok(items
             .iter()
-            .map(|item| finished.remove(&item.lease.gid))
+            .map(|item| finished.remove(&(item.lease.gid.clone(), item.lease.version)))
             .collect())
     }
+}
+
+/// A JSON row naming one transaction.
+#[derive(Serialize)]
+struct Gid<S> {
+    id: S,
 }
 
 /// The items whose gid did not occur earlier in the batch.

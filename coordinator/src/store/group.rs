@@ -5,20 +5,23 @@
 //! work per statement); on SQLite it turns many writers waiting on one lock into a queue.
 //!
 //! A [`Group`] owns a queue and a task. Callers [`Group::submit`] an item and wait for its
-//! answer. Whenever one of the group's `in_flight` slots is free, the task takes whatever
-//! has queued (up to `max_batch` items) and runs it as one [`Batch`]. Nothing waits for a
-//! batch to fill: a lone request goes out at once, and batches grow only while requests
-//! arrive faster than the database commits them, which is exactly when batching pays.
+//! answer. The task takes whatever has queued (up to `max_batch` items), runs it as one
+//! [`Batch`], and repeats. Nothing waits for a batch to fill: a lone request goes out at
+//! once, and batches grow only while requests arrive faster than the database commits
+//! them, which is exactly when batching pays. One batch of a kind runs at a time: measured,
+//! that beat two or four overlapping ones (fewer, larger batches cost the database less per
+//! request; at 64 concurrent transactions on PostgreSQL, 2,750 against 2,450
+//! transactions/s with two in flight, and at 8 a lower p99).
 //! A batch that fails is run again item by item, so an error belongs to the request that
 //! caused it and the others still succeed.
 //!
 //! This module knows nothing about SQL; what a batch writes is in `store/batches.rs`.
-//! Batches run in their own tasks, so a caller that goes away (a cancelled gRPC call) never
-//! takes other callers' writes with it.
+//! Batches run in the group's task, not a caller's, so a caller that goes away (a
+//! cancelled gRPC call) never takes other callers' writes with it.
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Error, Result};
 
@@ -30,8 +33,7 @@ pub(super) trait Batch: Send + Sync + 'static {
     type Output: Send + 'static;
 
     /// Carries out `items` together, atomically: one output per item, in order.
-    fn run(&self, items: &[Self::Item])
-    -> impl Future<Output = Result<Vec<Self::Output>>> + Send;
+    fn run(&self, items: &[Self::Item]) -> impl Future<Output = Result<Vec<Self::Output>>> + Send;
 }
 
 type Entry<B> = (
@@ -63,18 +65,10 @@ impl<B: Batch> std::fmt::Debug for Group<B> {
 impl<B: Batch> Group<B> {
     /// Starts the group's task on the current runtime. It ends when the last clone of the
     /// group is dropped.
-    pub(super) fn start(batch: B, in_flight: usize, max_batch: usize) -> Group<B> {
+    pub(super) fn start(batch: B, max_batch: usize) -> Group<B> {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Entry<B>>();
-        let batch = Arc::new(batch);
-        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some(first) = incoming.recv().await else {
-                    return;
-                };
+            while let Some(first) = incoming.recv().await {
                 let mut entries = vec![first];
                 while entries.len() < max_batch {
                     match incoming.try_recv() {
@@ -82,11 +76,7 @@ impl<B: Batch> Group<B> {
                         Err(_) => break,
                     }
                 }
-                let batch = batch.clone();
-                tokio::spawn(async move {
-                    run(&*batch, entries).await;
-                    drop(slot);
-                });
+                run(&batch, entries).await;
             }
         });
         Group { queue }
@@ -136,5 +126,76 @@ async fn run<B: Batch>(batch: &B, entries: Vec<Entry<B>>) {
     for (reply, output) in replies.into_iter().zip(outputs) {
         // The caller may have gone away; its write is done all the same.
         let _ = reply.send(Ok(output));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures::future::join_all;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Doubles numbers; a batch holding 13 fails; the first batch waits for `gate`.
+    struct Doubler {
+        sizes: Arc<Mutex<Vec<usize>>>,
+        gate: Arc<Notify>,
+    }
+
+    impl Batch for Doubler {
+        type Item = u32;
+        type Output = u32;
+
+        async fn run(&self, items: &[u32]) -> Result<Vec<u32>> {
+            let first = {
+                let mut sizes = self.sizes.lock().expect("sizes");
+                sizes.push(items.len());
+                sizes.len() == 1
+            };
+            if first {
+                self.gate.notified().await;
+            }
+            if items.contains(&13) {
+                return Err(Error::Corrupt("13".to_owned()));
+            }
+            Ok(items.iter().map(|i| i * 2).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_behind_a_running_batch_share_the_next_and_a_bad_one_fails_alone() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Notify::new());
+        let group = Group::start(
+            Doubler {
+                sizes: sizes.clone(),
+                gate: gate.clone(),
+            },
+            128,
+        );
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.submit(1).await }
+        });
+        while sizes.lock().expect("sizes").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Queued while the first batch runs: they go out together once it is done.
+        let (rest, ()) = tokio::join!(join_all((2..=20).map(|i| group.submit(i))), async {
+            gate.notify_one()
+        });
+        assert_eq!(first.await.expect("first").expect("doubled"), 2);
+        for (i, answer) in (2..=20).zip(rest) {
+            match answer {
+                Ok(doubled) => assert_eq!(doubled, i * 2),
+                Err(error) => assert_eq!((i, error.to_string()), (13, "corrupt row: 13".into())),
+            }
+        }
+        // The batch of 19 failed because of 13, and each of its items ran alone.
+        let sizes = sizes.lock().expect("sizes").clone();
+        assert_eq!(sizes[..2], [1, 19]);
+        assert_eq!(sizes[2..], [1; 19]);
     }
 }

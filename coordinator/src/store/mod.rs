@@ -276,16 +276,12 @@ impl Store {
                     .await?
             }
         };
-        // Each kind of batch may have a quarter of the pool in flight, leaving the rest for
-        // claims, reads and the Admin API.
-        let in_flight = (max_connections / 4).max(1) as usize;
         Ok(Store {
             begins: Group::start(
                 Begins {
                     pool: pool.clone(),
                     dialect,
                 },
-                in_flight,
                 MAX_BATCH,
             ),
             decisions: Group::start(
@@ -293,7 +289,6 @@ impl Store {
                     pool: pool.clone(),
                     dialect,
                 },
-                in_flight,
                 MAX_BATCH,
             ),
             rounds: Group::start(
@@ -301,7 +296,6 @@ impl Store {
                     pool: relaxed.clone(),
                     dialect,
                 },
-                in_flight,
                 MAX_BATCH,
             ),
             pool,
@@ -358,7 +352,13 @@ impl Store {
                 labels,
                 branches: branches
                     .iter()
-                    .map(|b| (b.participant.to_owned(), b.action.to_owned(), b.payload.to_vec()))
+                    .map(|b| {
+                        (
+                            b.participant.to_owned(),
+                            b.action.to_owned(),
+                            b.payload.to_vec(),
+                        )
+                    })
                     .collect(),
             })
             .await?;

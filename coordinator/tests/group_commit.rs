@@ -1,0 +1,142 @@
+//! Group commit on SQLite and PostgreSQL: many concurrent Begins, decisions and round
+//! records — including several for the same gid at the same moment, which land in one
+//! batch — give exactly the answers they would give one after the other.
+
+#[allow(unused_macros, unused_imports)]
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Backend, TestDb};
+use futures::future::join_all;
+use settle_coordinator::{
+    model::{BranchStatus, Mode, Status},
+    store::{BranchOutcome, Escalation, NewBranch, Refusal, RoundResult, Store},
+};
+
+const GIDS: usize = 40;
+const COPIES: usize = 5;
+
+fn branches(gid: &str) -> Vec<NewBranch<'_>> {
+    ["a", "b", "c"]
+        .into_iter()
+        .map(|participant| NewBranch {
+            participant,
+            action: "reserve",
+            payload: gid.as_bytes(),
+        })
+        .collect()
+}
+
+async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url, 8).await.expect("store");
+    let gids: Vec<String> = (0..GIDS).map(|i| format!("group-{i}")).collect();
+    let labels = BTreeMap::new();
+
+    // Every gid begun COPIES times at once: one Begin creates it, the others find it.
+    let begins = gids.iter().flat_map(|gid| {
+        let (store, labels) = (&store, &labels);
+        (0..COPIES).map(move |_| async move {
+            let (tx, created) = store
+                .begin(
+                    gid,
+                    Mode::Tcc,
+                    Status::Trying,
+                    60_000,
+                    labels,
+                    &branches(gid),
+                )
+                .await
+                .expect("begin");
+            assert_eq!(&tx.gid, gid);
+            assert_eq!(tx.branch_count, 3);
+            (gid.clone(), created)
+        })
+    });
+    let begun = join_all(begins).await;
+    for gid in &gids {
+        let created = begun.iter().filter(|(g, c)| g == gid && *c).count();
+        assert_eq!(created, 1, "{gid} created by exactly one Begin");
+        let stored = store.branches(gid).await.expect("branches");
+        let participants: Vec<_> = stored.iter().map(|b| b.participant.as_str()).collect();
+        assert_eq!(participants, ["a", "b", "c"], "{gid} has its branches once");
+        assert!(stored.iter().all(|b| b.payload.as_ref() == gid.as_bytes()));
+    }
+
+    // Every gid decided COPIES times at once, commits racing aborts: one decision wins,
+    // and it reads the branches; the others see the winner's state.
+    let decisions = gids.iter().flat_map(|gid| {
+        let store = &store;
+        (0..COPIES).map(move |copy| async move {
+            let decided = if copy % 2 == 0 {
+                store.decide_commit(gid, "me", 30_000).await
+            } else {
+                store.decide_abort(gid, "me", 30_000, "racing").await
+            };
+            (gid.clone(), decided.expect("decide"))
+        })
+    });
+    let decided = join_all(decisions).await;
+    let mut leases = Vec::new();
+    for gid in &gids {
+        let mine: Vec<_> = decided.iter().filter(|(g, _)| g == gid).collect();
+        let winners: Vec<_> = mine.iter().filter_map(|(_, d)| d.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{gid} decided once");
+        let winner = winners[0];
+        assert_eq!(
+            winner.branches.len(),
+            3,
+            "{gid}: the decision read the branches"
+        );
+        let status = store.get(gid).await.expect("get").expect("exists").status;
+        assert!(matches!(status, Status::Committing | Status::Aborting));
+        for (_, refused) in mine.iter().filter(|(_, d)| d.is_err()) {
+            match refused {
+                Err(Refusal::State(tx)) => assert_eq!(tx.status, status),
+                other => panic!("{gid}: unexpected {other:?}"),
+            }
+        }
+        leases.push((winner.lease.clone(), status));
+    }
+    let unknown = store.decide_commit("group-none", "me", 30_000).await;
+    assert!(matches!(unknown.expect("decide"), Err(Refusal::NotFound)));
+
+    // Every round recorded at once: all finish; a stale lease finishes nothing.
+    let rounds = leases.iter().map(|(lease, status)| {
+        let store = &store;
+        async move {
+            let (done, final_status) = match status {
+                Status::Committing => (BranchStatus::Confirmed, Status::Committed),
+                _ => (BranchStatus::Cancelled, Status::Aborted),
+            };
+            let outcomes: Vec<_> = (1..=3).map(|id| (id, BranchOutcome::Done(done))).collect();
+            let escalation = Escalation {
+                after_attempts: 10,
+                after_ms: 60_000,
+            };
+            let mut stale = lease.clone();
+            stale.version -= 1;
+            let (recorded, lost) = tokio::join!(
+                store.record_round(lease, &outcomes, final_status, 100, escalation),
+                store.record_round(&stale, &outcomes, final_status, 100, escalation),
+            );
+            assert_eq!(
+                recorded.expect("record"),
+                RoundResult::Finished(final_status)
+            );
+            assert_eq!(lost.expect("record"), RoundResult::LostLease);
+            (lease.gid.clone(), final_status, done)
+        }
+    });
+    for (gid, final_status, done) in join_all(rounds).await {
+        let tx = store.get(&gid).await.expect("get").expect("exists");
+        assert_eq!(tx.status, final_status);
+        assert_eq!(tx.owner, None);
+        let stored = store.branches(&gid).await.expect("branches");
+        assert!(stored.iter().all(|b| b.status == done), "{gid}: {stored:?}");
+    }
+    store.close().await;
+}
+both!(concurrent_writes_for_one_gid_answer_as_if_one_after_the_other);
