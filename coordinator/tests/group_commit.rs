@@ -1,5 +1,5 @@
-//! Group commit on SQLite and PostgreSQL: many concurrent Begins, decisions and round
-//! records — including several for the same gid at the same moment, which land in one
+//! Group commit on SQLite and PostgreSQL: many concurrent Begins, registrations, decisions
+//! and round records — including several for the same gid at the same moment, which land in one
 //! batch — give exactly the answers they would give one after the other.
 
 #[allow(unused_macros, unused_imports)]
@@ -12,7 +12,7 @@ use common::{Backend, TestDb};
 use futures::future::join_all;
 use settle_coordinator::{
     model::{BranchStatus, Mode, Status},
-    store::{BranchOutcome, Escalation, NewBranch, Refusal, RoundResult, Store},
+    store::{BranchOutcome, Escalation, NewBranch, Refusal, RegisterRefusal, RoundResult, Store},
 };
 
 const GIDS: usize = 40;
@@ -65,6 +65,39 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
         assert!(stored.iter().all(|b| b.payload.as_ref() == gid.as_bytes()));
     }
 
+    // Registrations at once: on every gid two that fit (ids 4 and 5, in one batch), and on
+    // the first gid ten more than the limit allows; those do not fit together, so each
+    // is tried alone, and exactly as many as fit get in.
+    let registrations = gids.iter().flat_map(|gid| {
+        let store = &store;
+        (0..2).map(move |_| async move {
+            store
+                .register_branch(gid, "d", "extra", b"", 64)
+                .await
+                .expect("register")
+                .expect("registered")
+        })
+    });
+    let registered = join_all(registrations).await;
+    for (gid, ids) in gids.iter().zip(registered.chunks(2)) {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        assert_eq!(ids, [4, 5], "{gid}");
+    }
+    let crowded =
+        join_all((0..10).map(|_| store.register_branch(&gids[0], "e", "x", b"", 10))).await;
+    let mut fitted: Vec<u32> = crowded
+        .iter()
+        .filter_map(|r| r.as_ref().expect("register").as_ref().ok().copied())
+        .collect();
+    fitted.sort_unstable();
+    assert_eq!(fitted, [6, 7, 8, 9, 10]);
+    assert!(crowded.iter().all(|r| matches!(
+        r.as_ref().expect("register"),
+        Ok(_) | Err(RegisterRefusal::TooManyBranches(_))
+    )));
+    let first_branches = 10;
+
     // Every gid decided COPIES times at once, commits racing aborts: one decision wins,
     // and it reads the branches; the others see the winner's state.
     let decisions = gids.iter().flat_map(|gid| {
@@ -85,9 +118,10 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
         let winners: Vec<_> = mine.iter().filter_map(|(_, d)| d.as_ref().ok()).collect();
         assert_eq!(winners.len(), 1, "{gid} decided once");
         let winner = winners[0];
+        let expected = if gid == &gids[0] { first_branches } else { 5 };
         assert_eq!(
             winner.branches.len(),
-            3,
+            expected,
             "{gid}: the decision read the branches"
         );
         let status = store.get(gid).await.expect("get").expect("exists").status;
@@ -111,7 +145,10 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
                 Status::Committing => (BranchStatus::Confirmed, Status::Committed),
                 _ => (BranchStatus::Cancelled, Status::Aborted),
             };
-            let outcomes: Vec<_> = (1..=3).map(|id| (id, BranchOutcome::Done(done))).collect();
+            let count = store.branches(&lease.gid).await.expect("branches").len() as u32;
+            let outcomes: Vec<_> = (1..=count)
+                .map(|id| (id, BranchOutcome::Done(done)))
+                .collect();
             let escalation = Escalation {
                 after_attempts: 10,
                 after_ms: 60_000,

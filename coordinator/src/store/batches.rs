@@ -1,7 +1,7 @@
-//! The three writes every TCC transaction makes, done for many transactions at once by
-//! [`Group`](super::group::Group)s: Begin with its first branches, the commit or abort
-//! decision (which also reads the decided transactions' branches for the round that
-//! follows), and the record of a round in which every branch succeeded.
+//! The writes every TCC transaction makes, done for many transactions at once by
+//! [`Group`](super::group::Group)s: Begin with its first branches, registering a branch,
+//! the commit or abort decision (which also reads the decided transactions' branches for
+//! the round that follows), and the record of a round in which every branch succeeded.
 //!
 //! Each batch is sent as JSON array parameters (`{json …}` in the templates), so a batch of
 //! any size is the same few statements. A gid that appears twice in one batch of Begins or
@@ -91,6 +91,12 @@ statements! {
         "WITH t AS (", begin_sql!(), "), b AS (", branches_of!(" JOIN t ON t.gid = v.id"), ") \
          SELECT * FROM t"
     );
+    take_slots = "UPDATE global_tx SET branch_count = branch_count + v.n, updated_at = {now} \
+                  FROM {json $1: id TEXT, n BIGINT, max_branches BIGINT} AS v \
+                  WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
+                      AND global_tx.status = 'TRYING' AND global_tx.deadline > {now} \
+                      AND global_tx.branch_count + v.n <= v.max_branches \
+                  RETURNING gid, branch_count";
     decide = decide_sql!();
     decide_with_branches = concat!(
         "WITH d AS (", decide_sql!(), ") \
@@ -210,6 +216,110 @@ impl Batch for Begins {
             created.insert(begun.gid.clone(), begun);
         }
         Ok(items.iter().map(|item| created.remove(&item.gid)).collect())
+    }
+}
+
+/// A branch to add to a TRYING transaction.
+#[derive(Debug)]
+pub(super) struct Registration {
+    pub gid: String,
+    pub participant: String,
+    pub action: String,
+    pub payload: Vec<u8>,
+    pub max_branches: i64,
+}
+
+/// Adds branches, numbering each transaction's after the ones it has, in the order the
+/// requests came; answers each branch's id. All of one transaction's registrations in a
+/// batch are taken together or not at all: `None` means not taken here (not TRYING, past
+/// its deadline, unknown, or the lot would pass the limit), and the store retries that
+/// registration alone to learn which, and whether it fits by itself.
+#[derive(Debug)]
+pub(super) struct Registrations {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Batch for Registrations {
+    type Item = Registration;
+    type Output = Option<u32>;
+
+    async fn run(&self, items: &[Registration]) -> Result<Vec<Option<u32>>> {
+        #[derive(Serialize)]
+        struct SlotRow<'a> {
+            id: &'a str,
+            n: i64,
+            max_branches: i64,
+        }
+        #[derive(Serialize)]
+        struct BranchRow<'a> {
+            id: &'a str,
+            branch_id: i64,
+            participant: &'a str,
+            action: &'a str,
+            payload: String,
+        }
+        let sql = Sql::for_dialect(self.dialect);
+        let mut wanted: Vec<SlotRow> = Vec::new();
+        for item in items {
+            match wanted.iter_mut().find(|row| row.id == item.gid) {
+                Some(row) => row.n += 1,
+                None => wanted.push(SlotRow {
+                    id: &item.gid,
+                    n: 1,
+                    max_branches: item.max_branches,
+                }),
+            }
+        }
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let taken = sqlx::query(sql.take_slots)
+            .bind(to_json(&wanted)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The next free id of each transaction that took its slots.
+        let mut next: HashMap<String, i64> = HashMap::with_capacity(taken.len());
+        for row in &taken {
+            let gid: String = row.try_get("gid")?;
+            let count: i64 = row.try_get("branch_count")?;
+            let n = wanted.iter().find(|w| w.id == gid).map_or(0, |w| w.n);
+            next.insert(gid, count - n + 1);
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        let mut rows = Vec::with_capacity(items.len());
+        for item in items {
+            let id = next.get_mut(&item.gid).map(|next| {
+                *next += 1;
+                *next - 1
+            });
+            if let Some(branch_id) = id {
+                rows.push(BranchRow {
+                    id: &item.gid,
+                    branch_id,
+                    participant: &item.participant,
+                    action: &item.action,
+                    payload: hex(&item.payload),
+                });
+            }
+            ids.push(id);
+        }
+        if !rows.is_empty() {
+            let gids: Vec<Gid<&str>> = next.keys().map(|id| Gid { id: id.as_str() }).collect();
+            sqlx::query(sql.insert_branches)
+                .bind(to_json(&gids)?)
+                .bind(to_json(&rows)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        ids.into_iter()
+            .map(|id| {
+                id.map(|id| {
+                    u32::try_from(id)
+                        .map_err(|_| Error::Corrupt(format!("branch id {id} out of range")))
+                })
+                .transpose()
+            })
+            .collect()
     }
 }
 

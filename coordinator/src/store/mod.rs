@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{Any, AnyPool, Row, any::AnyRow};
 
-use batches::{Begins, Decision, Decisions, Finished, NewTx, Rounds};
+use batches::{Begins, Decision, Decisions, Finished, NewTx, Registration, Registrations, Rounds};
 use group::Group;
 
 pub use dialect::{Dialect, redact};
@@ -229,6 +229,7 @@ pub struct Store {
     dialect: Dialect,
     sql: &'static Sql,
     begins: Group<Begins>,
+    registrations: Group<Registrations>,
     decisions: Group<Decisions>,
     rounds: Group<Rounds>,
 }
@@ -279,6 +280,13 @@ impl Store {
         Ok(Store {
             begins: Group::start(
                 Begins {
+                    pool: pool.clone(),
+                    dialect,
+                },
+                MAX_BATCH,
+            ),
+            registrations: Group::start(
+                Registrations {
                     pool: pool.clone(),
                     dialect,
                 },
@@ -392,6 +400,7 @@ impl Store {
 
     /// Adds a branch if the transaction is TRYING, before its deadline and below
     /// `max_branches`, all checked in the same statement that takes the branch id.
+    /// Concurrent registrations share one commit (see [`group`]).
     pub async fn register_branch(
         &self,
         gid: &str,
@@ -400,6 +409,21 @@ impl Store {
         payload: &[u8],
         max_branches: i64,
     ) -> Result<Result<u32, RegisterRefusal>> {
+        let taken = self
+            .registrations
+            .submit(Registration {
+                gid: gid.to_owned(),
+                participant: participant.to_owned(),
+                action: action.to_owned(),
+                payload: payload.to_vec(),
+                max_branches,
+            })
+            .await?;
+        if let Some(branch_id) = taken {
+            return Ok(Ok(branch_id));
+        }
+        // Not taken with the rest of its batch: alone, it may still fit, or the refusal
+        // says why not.
         let mut tx = self.write_tx().await?;
         let slot: Option<i64> = sqlx::query_scalar(self.sql.take_branch_slot)
             .bind(gid)
