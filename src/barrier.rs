@@ -91,6 +91,54 @@ pub enum Entry {
     Hanging,
 }
 
+/// What the barrier rules say about one call, decided by [`admit`] inside a transaction
+/// the caller holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// First delivery: the barrier row is written; run the business logic in the same
+    /// transaction and commit both.
+    Proceed,
+    /// Already ran for this branch: nothing was written; answer OK.
+    Duplicate,
+    /// A rollback whose forward op never ran here: rows were written that block a late
+    /// forward op; commit them and answer OK.
+    EmptyRollback,
+    /// A forward op after its rollback: nothing was written; refuse it.
+    Hanging,
+}
+
+/// Applies the barrier rules for `op` on `(gid, branch_id)` inside the caller's write
+/// transaction, which the caller commits (or rolls back, taking the barrier rows with it).
+/// [`Barrier::enter`] is this with a transaction of its own; a server that commits many
+/// calls together runs this for each of them in one transaction.
+pub async fn admit(
+    conn: &mut AnyConnection,
+    op: Op,
+    gid: &str,
+    branch_id: u32,
+) -> Result<Admission, Error> {
+    let branch_id = i64::from(branch_id);
+    if let Some(forward) = op.undoes() {
+        // Record the forward op first: if that insert succeeds, it never ran here.
+        if insert(conn, gid, branch_id, forward).await? {
+            insert(conn, gid, branch_id, op).await?;
+            return Ok(Admission::EmptyRollback);
+        }
+    }
+    if insert(conn, gid, branch_id, op).await? {
+        return Ok(Admission::Proceed);
+    }
+    let blocked = match op.undone_by() {
+        Some(rollback) => exists(conn, gid, branch_id, rollback).await?,
+        None => false,
+    };
+    Ok(if blocked {
+        Admission::Hanging
+    } else {
+        Admission::Duplicate
+    })
+}
+
 /// An open local transaction that holds the barrier row.
 #[derive(Debug)]
 pub struct Guarded {
@@ -161,27 +209,20 @@ impl Barrier {
     /// `(gid, branch_id)`.
     pub async fn enter(&self, op: Op, gid: &str, branch_id: u32) -> Result<Entry, Error> {
         let mut tx = self.db.begin_write().await?;
-        let branch_id = i64::from(branch_id);
-        if let Some(forward) = op.undoes() {
-            // Record the forward op first: if that insert succeeds, it never ran here.
-            if insert(&mut tx, gid, branch_id, forward).await? {
-                insert(&mut tx, gid, branch_id, op).await?;
+        Ok(match admit(&mut tx, op, gid, branch_id).await? {
+            Admission::Proceed => Entry::Proceed(Guarded { tx }),
+            Admission::EmptyRollback => {
                 tx.commit().await?;
-                return Ok(Entry::EmptyRollback);
+                Entry::EmptyRollback
             }
-        }
-        if insert(&mut tx, gid, branch_id, op).await? {
-            return Ok(Entry::Proceed(Guarded { tx }));
-        }
-        let blocked = match op.undone_by() {
-            Some(rollback) => exists(&mut tx, gid, branch_id, rollback).await?,
-            None => false,
-        };
-        tx.rollback().await?;
-        Ok(if blocked {
-            Entry::Hanging
-        } else {
-            Entry::Duplicate
+            Admission::Duplicate => {
+                tx.rollback().await?;
+                Entry::Duplicate
+            }
+            Admission::Hanging => {
+                tx.rollback().await?;
+                Entry::Hanging
+            }
         })
     }
 

@@ -1,6 +1,7 @@
 //! The barrier, through a real participant server (the `stock` example) on SQLite and
-//! PostgreSQL: duplicates, empty rollback, hanging Try, refused and failed Trys, the
-//! Try/Cancel race, and retention.
+//! PostgreSQL, each with a transaction per call and with group commit
+//! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
+//! Trys (alone and among others committed together), the Try/Cancel race, and retention.
 
 mod common;
 
@@ -25,12 +26,42 @@ struct Fixture {
     serving: settle::server::Serving,
 }
 
-async fn fixture(backend: Backend) -> Fixture {
+/// Each test runs on both databases, with a transaction per call and with group commit.
+macro_rules! each_mode {
+    ($name:ident) => {
+        mod $name {
+            use crate::common::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite, false).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(Backend::Postgres, false).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite_group_commit() {
+                super::$name(Backend::Sqlite, true).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres_group_commit() {
+                super::$name(Backend::Postgres, true).await
+            }
+        }
+    };
+}
+
+async fn fixture(backend: Backend, group_commit: bool) -> Fixture {
     let db = TestDb::new(backend).await;
     let barrier = stock::open(&db.url, &[("apple", INITIAL)])
         .await
         .expect("open stock");
-    let serving = settle::serve("stock", stock::Stock, barrier.clone())
+    let mut serve = settle::serve("stock", stock::Stock, barrier.clone());
+    if group_commit {
+        serve = serve.group_commit(16);
+    }
+    let serving = serve
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("serve");
@@ -94,8 +125,8 @@ impl Fixture {
     }
 }
 
-async fn duplicates_have_no_effect(backend: Backend) {
-    let f = fixture(backend).await;
+async fn duplicates_have_no_effect(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
     for _ in 0..3 {
         assert_eq!(f.call("try", request("dup-1", 1, 5)).await, Ok(()));
     }
@@ -114,10 +145,13 @@ async fn duplicates_have_no_effect(backend: Backend) {
     assert_eq!(f.stock().await, (INITIAL - 5, 0, 5), "released once");
     f.serving.stop().await.expect("stop");
 }
-both!(duplicates_have_no_effect);
+each_mode!(duplicates_have_no_effect);
 
-async fn cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try(backend: Backend) {
-    let f = fixture(backend).await;
+async fn cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try(
+    backend: Backend,
+    group_commit: bool,
+) {
+    let f = fixture(backend, group_commit).await;
     assert_eq!(f.call("cancel", request("early", 1, 3)).await, Ok(()));
     assert_eq!(
         f.stock().await,
@@ -140,10 +174,10 @@ async fn cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try(backend:
     assert_eq!(f.stock().await, (INITIAL, 0, 0));
     f.serving.stop().await.expect("stop");
 }
-both!(cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try);
+each_mode!(cancel_before_try_is_an_empty_rollback_and_blocks_the_late_try);
 
-async fn refused_or_failed_try_leaves_no_row(backend: Backend) {
-    let f = fixture(backend).await;
+async fn refused_or_failed_try_leaves_no_row(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
     assert_eq!(
         f.call("try", request("refused", 1, INITIAL + 1)).await,
         Err(Code::Aborted)
@@ -166,10 +200,10 @@ async fn refused_or_failed_try_leaves_no_row(backend: Backend) {
     assert_eq!(f.stock().await, (INITIAL - 1, 1, 0));
     f.serving.stop().await.expect("stop");
 }
-both!(refused_or_failed_try_leaves_no_row);
+each_mode!(refused_or_failed_try_leaves_no_row);
 
-async fn racing_try_and_cancel_end_in_a_legal_order(backend: Backend) {
-    let f = fixture(backend).await;
+async fn racing_try_and_cancel_end_in_a_legal_order(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
     let mut tries_ok = 0;
     let rounds = 60;
     for round in 0..rounds {
@@ -215,10 +249,10 @@ async fn racing_try_and_cancel_end_in_a_legal_order(backend: Backend) {
     println!("{tries_ok} of {rounds} Trys won their race");
     f.serving.stop().await.expect("stop");
 }
-both!(racing_try_and_cancel_end_in_a_legal_order);
+each_mode!(racing_try_and_cancel_end_in_a_legal_order);
 
-async fn finished_branches_are_removed_in_batches(backend: Backend) {
-    let f = fixture(backend).await;
+async fn finished_branches_are_removed_in_batches(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
     for i in 0..25 {
         let gid = format!("old-{i}");
         assert_eq!(f.call("try", request(&gid, 1, 1)).await, Ok(()));
@@ -259,4 +293,50 @@ async fn finished_branches_are_removed_in_batches(backend: Backend) {
     assert_eq!(f.stock().await, (INITIAL - 25, 0, 25));
     f.serving.stop().await.expect("stop");
 }
-both!(finished_branches_are_removed_in_batches);
+each_mode!(finished_branches_are_removed_in_batches);
+
+async fn a_refused_try_fails_alone_and_the_others_count_once(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
+    // 30 Trys of 40 at once on 1,000: 25 fit. With group commit the refusals land in groups
+    // with successes, which are then run again alone.
+    let tries = (0..30).map(|i| {
+        let f = &f;
+        async move {
+            (
+                i,
+                f.call("try", request(&format!("crowd-{i}"), 1, 40)).await,
+            )
+        }
+    });
+    let answers = futures::future::join_all(tries).await;
+    let won: Vec<u32> = answers
+        .iter()
+        .filter(|(_, answer)| answer.is_ok())
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(won.len(), 25, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(_, answer)| matches!(answer, Ok(()) | Err(Code::Aborted))),
+        "{answers:?}"
+    );
+    assert_eq!(f.stock().await, (0, 1_000, 0), "each success reserved once");
+    for (i, answer) in &answers {
+        let rows = f.barrier_rows(&format!("crowd-{i}")).await;
+        match answer {
+            Ok(()) => assert_eq!(rows, ["try"], "crowd-{i}"),
+            Err(_) => assert!(rows.is_empty(), "crowd-{i} refused but left {rows:?}"),
+        }
+    }
+    // Their Confirms at once, each twice: sold once each.
+    let confirms = won.iter().flat_map(|i| {
+        let f = &f;
+        (0..2).map(move |_| f.call("confirm", request(&format!("crowd-{i}"), 1, 40)))
+    });
+    let confirmed = futures::future::join_all(confirms).await;
+    assert!(confirmed.iter().all(Result::is_ok), "{confirmed:?}");
+    assert_eq!(f.stock().await, (0, 0, 1_000));
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(a_refused_try_fails_alone_and_the_others_count_once);
