@@ -26,7 +26,9 @@ pub fn database_url(template: &str, service: &str) -> String {
     template.replace("{service}", service)
 }
 
-/// Serves one participant, registering it with the coordinator.
+/// Serves one participant, registering it with the coordinator. Calls are committed in
+/// groups of up to 64 (see `settle::server::Serve::group_commit`): under load the
+/// services' database commits are what limits a purchase.
 pub async fn serve<P: Participant>(
     name: &str,
     participant: P,
@@ -36,6 +38,7 @@ pub async fn serve<P: Participant>(
 ) -> Result<Serving, service::Error> {
     Ok(settle::serve(name, participant, barrier)
         .coordinator(coordinator)
+        .group_commit(64)
         .bind(addr)
         .await?)
 }
