@@ -55,6 +55,7 @@ use settle_coordinator::{Config, Coordinator, Running};
 use settle_participants::{
     Shop,
     flows::{self, Outcome, Purchase},
+    invariants::{self, Opening},
 };
 use settle_proto::v1::{
     self as pb,
@@ -301,6 +302,10 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
     };
 
     let report = measure(args, &clients, Arc::new(workload), &coordinator).await;
+    let violations = match (&shop, &report) {
+        (Some(shop), Ok(_)) => Some(shop_invariants(shop, args.buyers).await),
+        _ => None,
+    };
 
     // Whatever the measurement gave, stop everything before answering.
     let resources = coordinator.resources();
@@ -316,8 +321,31 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         report.peak_rss_mb = Some(resources.peak_rss_kb as f64 / 1024.0);
         report.rss_mb = Some(resources.rss_kb as f64 / 1024.0);
     }
+    report.invariants = violations.transpose()?;
     report.print(args, store_kind);
-    Ok(())
+    match &report.invariants {
+        Some(violations) if !violations.is_empty() => {
+            Err(format!("{} invariant violations", violations.len()).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The shop's invariants (`settle_participants::invariants`) once the last purchases'
+/// phase two is done: checked until they hold, for at most 30 s.
+async fn shop_invariants(shop: &Shop, buyers: i64) -> Result<Vec<String>> {
+    let opening = Opening {
+        money: buyers * PRICE,
+        points: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let violations = invariants::check(shop, opening).await?;
+        if violations.is_empty() || Instant::now() > deadline {
+            return Ok(violations);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 const PRICE: i64 = 100;
@@ -858,6 +886,7 @@ async fn measure(
         bench_cpu_s: own_from.zip(own_to).map(|(a, b)| b - a),
         peak_rss_mb: None,
         rss_mb: None,
+        invariants: None,
     })
 }
 
@@ -888,6 +917,8 @@ struct Report {
     bench_cpu_s: Option<f64>,
     peak_rss_mb: Option<f64>,
     rss_mb: Option<f64>,
+    /// Shop mode: the invariants' violations after the run (empty: all hold).
+    invariants: Option<Vec<String>>,
 }
 
 impl Report {
@@ -960,6 +991,15 @@ impl Report {
                 cpu / secs.max(1e-9)
             );
         }
+        match &self.invariants {
+            Some(violations) if violations.is_empty() => println!("invariants   all hold"),
+            Some(violations) => {
+                for violation in violations {
+                    println!("VIOLATION    {violation}");
+                }
+            }
+            None => {}
+        }
         let json = serde_json::json!({
             "mode": args.mode.as_str(),
             "store": store,
@@ -981,6 +1021,7 @@ impl Report {
             "cpu_s": opt(self.cpu_s),
             "peak_rss_mb": opt(self.peak_rss_mb),
             "bench_cpu_s": opt(self.bench_cpu_s),
+            "invariants_hold": self.invariants.as_ref().map(Vec::is_empty),
         });
         println!("{json}");
     }
