@@ -64,6 +64,10 @@ use settle_proto::v1::{
 use sqlx::{Connection, Executor};
 use tokio::net::TcpListener;
 
+// The same allocator as `settled`, so that the in-process coordinator measures the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Load generator for the Settle coordinator.

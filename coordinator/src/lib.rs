@@ -66,7 +66,7 @@ impl Default for Limits {
 pub struct Config {
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
     pub database: String,
-    /// Pool size.
+    /// PostgreSQL pool size (SQLite always uses one connection).
     pub max_connections: u32,
     /// Participants known from start-up: (name, endpoint).
     pub participants: Vec<(String, String)>,
