@@ -167,6 +167,13 @@ impl Dialect {
     /// only on power loss). A `relaxed` PostgreSQL pool commits without waiting for the WAL
     /// flush (`synchronous_commit = off`): for writes that a crash may lose because they
     /// are redone from what is durable (see `Store::record_round`).
+    ///
+    /// PostgreSQL plans every statement for its actual parameters (`plan_cache_mode =
+    /// force_custom_plan`). A cached generic plan is made once, while the tables are young
+    /// and look tiny; for the batch statements it then scans whole tables that have grown
+    /// since, until an autovacuum ANALYZE happens to invalidate it (measured: 800
+    /// transactions/s instead of 2,000). Planning each time costs about a tenth of the
+    /// throughput (BENCHMARKS.md) and cannot go wrong that way.
     pub async fn connect(
         self,
         url: &str,
