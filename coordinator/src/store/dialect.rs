@@ -171,8 +171,8 @@ impl Dialect {
     /// PostgreSQL plans every statement for its actual parameters (`plan_cache_mode =
     /// force_custom_plan`). A cached generic plan is made once, while the tables are young
     /// and look tiny; for the batch statements it then scans whole tables that have grown
-    /// since, until an autovacuum ANALYZE happens to invalidate it (measured: 800
-    /// transactions/s instead of 2,000). Planning each time costs about a tenth of the
+    /// since, until an autovacuum ANALYZE happens to invalidate it (measured: about 1,000
+    /// transactions/s instead of 2,500). Planning each time costs about a tenth of the
     /// throughput (BENCHMARKS.md) and cannot go wrong that way.
     pub async fn connect(
         self,
