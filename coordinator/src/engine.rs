@@ -496,8 +496,16 @@ impl Engine {
             after_attempts: i64::from(retry.attention_after_attempts),
             after_ms: retry.attention_after.as_millis() as i64,
         };
+        let seen = branches.len() as i64;
         let result = store
-            .record_round(&work.lease, &outcomes, final_status, delay_ms, escalation)
+            .record_round(
+                &work.lease,
+                &outcomes,
+                seen,
+                final_status,
+                delay_ms,
+                escalation,
+            )
             .await?;
         match &result {
             RoundResult::Finished(status) => info!(gid = %work.lease.gid, %status, "finished"),
@@ -511,6 +519,9 @@ impl Engine {
             }
             RoundResult::LostLease => {
                 warn!(gid = %work.lease.gid, "lease lost to another instance; round not recorded")
+            }
+            RoundResult::NotFinished => {
+                warn!(gid = %work.lease.gid, "round done but not finished (lease lost, or a branch it did not see); the next claim resumes it")
             }
         }
         Ok(result)

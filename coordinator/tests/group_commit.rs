@@ -137,6 +137,45 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
     let unknown = store.decide_commit("group-none", "me", 30_000).await;
     assert!(matches!(unknown.expect("decide"), Err(Refusal::NotFound)));
 
+    // A round that did not see every branch leaves the one it did not call PENDING and
+    // the transaction unfinished.
+    let escalation = Escalation {
+        after_attempts: 10,
+        after_ms: 60_000,
+    };
+    {
+        let (lease, status) = &leases[0];
+        let (done, final_status) = match status {
+            Status::Committing => (BranchStatus::Confirmed, Status::Committed),
+            _ => (BranchStatus::Cancelled, Status::Aborted),
+        };
+        let partial: Vec<_> = (1..first_branches as u32)
+            .map(|id| (id, BranchOutcome::Done(done)))
+            .collect();
+        let seen = partial.len() as i64;
+        let recorded = store
+            .record_round(lease, &partial, seen, final_status, 100, escalation)
+            .await
+            .expect("record");
+        assert_eq!(recorded, RoundResult::NotFinished);
+        assert_eq!(
+            store
+                .get(&lease.gid)
+                .await
+                .expect("get")
+                .expect("exists")
+                .status,
+            *status
+        );
+        let stored = store.branches(&lease.gid).await.expect("branches");
+        let pending: Vec<u32> = stored
+            .iter()
+            .filter(|b| b.status == BranchStatus::Pending)
+            .map(|b| b.branch_id)
+            .collect();
+        assert_eq!(pending, [first_branches as u32]);
+    }
+
     // Every round recorded at once: all finish; a stale lease finishes nothing.
     let rounds = leases.iter().map(|(lease, status)| {
         let store = &store;
@@ -149,21 +188,18 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
             let outcomes: Vec<_> = (1..=count)
                 .map(|id| (id, BranchOutcome::Done(done)))
                 .collect();
-            let escalation = Escalation {
-                after_attempts: 10,
-                after_ms: 60_000,
-            };
+            let seen = i64::from(count);
             let mut stale = lease.clone();
             stale.version -= 1;
             let (recorded, lost) = tokio::join!(
-                store.record_round(lease, &outcomes, final_status, 100, escalation),
-                store.record_round(&stale, &outcomes, final_status, 100, escalation),
+                store.record_round(lease, &outcomes, seen, final_status, 100, escalation),
+                store.record_round(&stale, &outcomes, seen, final_status, 100, escalation),
             );
             assert_eq!(
                 recorded.expect("record"),
                 RoundResult::Finished(final_status)
             );
-            assert_eq!(lost.expect("record"), RoundResult::LostLease);
+            assert_eq!(lost.expect("record"), RoundResult::NotFinished);
             (lease.gid.clone(), final_status, done)
         }
     });
@@ -177,3 +213,79 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
     store.close().await;
 }
 both!(concurrent_writes_for_one_gid_answer_as_if_one_after_the_other);
+
+/// PostgreSQL: a decision that waits for a registration holding the transaction's row
+/// still returns every branch, the registered one included, although its statement
+/// started before that registration committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decision_waiting_on_a_registration_sees_its_branch() {
+    use sqlx::Connection;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = Store::open(&db.url, 4).await.expect("store");
+    store
+        .begin(
+            "racing",
+            Mode::Tcc,
+            Status::Trying,
+            60_000,
+            &BTreeMap::new(),
+            &branches("racing")[..1],
+        )
+        .await
+        .expect("begin");
+    // A registration in progress: the slot taken and the branch written, not committed.
+    let mut registering = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut registering)
+        .await
+        .expect("begin");
+    sqlx::query("UPDATE global_tx SET branch_count = 2 WHERE gid = 'racing'")
+        .execute(&mut registering)
+        .await
+        .expect("slot");
+    sqlx::query(
+        "INSERT INTO branch (gid, branch_id, participant, action, payload, status, created_at, \
+         updated_at) VALUES ('racing', 2, 'b', 'reserve', '', 'PENDING', 0, 0)",
+    )
+    .execute(&mut registering)
+    .await
+    .expect("branch");
+
+    let deciding = tokio::spawn({
+        let store = store.clone();
+        async move { store.decide_commit("racing", "me", 30_000).await }
+    });
+    // Until the decision waits on the registration's row lock.
+    let mut watcher = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("COMMIT")
+        .execute(&mut registering)
+        .await
+        .expect("commit");
+
+    let decided = deciding
+        .await
+        .expect("task")
+        .expect("decide")
+        .expect("decided");
+    let ids: Vec<u32> = decided.branches.iter().map(|b| b.branch_id).collect();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "the decision's branches include the one registered meanwhile"
+    );
+    store.close().await;
+}

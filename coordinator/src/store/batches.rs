@@ -8,7 +8,7 @@
 //! decisions is written once, for its first request; the later ones answer as if they had
 //! come second (Begin finds the transaction existing, a decision finds it decided), which is
 //! what they would have seen one after the other. The store's single-transaction methods keep the
-//! rules for what a refusal means; this module only writes.
+//! rules for what a refusal means; this module only carries out the batches.
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,25 +60,30 @@ macro_rules! decide_sql {
          WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
              AND global_tx.status = 'TRYING' \
              AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
-         RETURNING gid, version"
+         RETURNING gid, version, branch_count"
     };
 }
 
 macro_rules! finish_branches_sql {
     () => {
         "UPDATE branch SET status = v.done, updated_at = {now}, next_attempt_at = NULL \
-         FROM {json $1: id TEXT, done TEXT} AS v \
-         WHERE branch.gid = v.id AND branch.gid {in_ids $1} AND branch.status = 'PENDING'"
+         FROM {json $2: id TEXT, branch_id BIGINT, done TEXT} AS v \
+         WHERE branch.gid = v.id AND branch.branch_id = v.branch_id AND branch.gid {in_ids $1} \
+             AND branch.status = 'PENDING'"
     };
 }
 
+// A transaction finishes only if its round saw every branch it has (`seen`): a branch the
+// round did not call stays PENDING, and the transaction with it, for the next owner.
 macro_rules! finish_sql {
     () => {
         "UPDATE global_tx SET status = v.final_status, owner = NULL, lease_until = NULL, \
              next_attempt_at = NULL, updated_at = {now} \
-         FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, final_status TEXT} AS v \
+         FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, final_status TEXT, \
+             seen BIGINT} AS v \
          WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
              AND global_tx.owner = v.lease_owner AND global_tx.version = v.lease_version \
+             AND global_tx.branch_count = v.seen \
          RETURNING gid, version"
     };
 }
@@ -100,7 +105,8 @@ statements! {
     decide = decide_sql!();
     decide_with_branches = concat!(
         "WITH d AS (", decide_sql!(), ") \
-         SELECT d.gid AS decided_gid, d.version AS decided_version, b.gid, b.branch_id, \
+         SELECT d.gid AS decided_gid, d.version AS decided_version, \
+             d.branch_count AS decided_branch_count, b.gid, b.branch_id, \
              b.participant, b.action, b.payload, b.status, b.attempts, b.last_error, \
              b.next_attempt_at \
          FROM d LEFT JOIN branch b ON b.gid = d.gid AND b.gid {in_ids $1} \
@@ -113,6 +119,12 @@ statements! {
     finish_branches = finish_branches_sql!();
     finish = finish_sql!();
     finish_all = concat!("WITH b AS (", finish_branches_sql!(), ") ", finish_sql!());
+}
+
+/// Renders every batch statement now, so that a template mistake stops the start-up
+/// instead of a batch.
+pub(super) fn render(dialect: Dialect) {
+    Sql::for_dialect(dialect);
 }
 
 /// Begin of one transaction with its first branches.
@@ -369,46 +381,83 @@ impl Batch for Decisions {
             })
             .collect();
         let rows = to_json(&rows)?;
-        let mut versions: HashMap<String, i64> = HashMap::new();
+        // gid → (version, branch_count) of each decision taken.
+        let mut decided: HashMap<String, (i64, i64)> = HashMap::new();
         let mut branches: HashMap<String, Vec<Branch>> = HashMap::new();
         if self.dialect.writable_cte() {
-            let decided = sqlx::query(sql.decide_with_branches)
+            let found = sqlx::query(sql.decide_with_branches)
                 .bind(rows)
                 .fetch_all(&self.pool)
                 .await?;
-            for row in &decided {
-                versions.insert(row.try_get("decided_gid")?, row.try_get("decided_version")?);
+            for row in &found {
+                decided.insert(
+                    row.try_get("decided_gid")?,
+                    (
+                        row.try_get("decided_version")?,
+                        row.try_get("decided_branch_count")?,
+                    ),
+                );
                 // A transaction without branches comes as one row of NULLs.
                 if row.try_get::<Option<i64>, _>("branch_id")?.is_some() {
                     let branch = branch_from_row(row)?;
                     branches.entry(branch.gid.clone()).or_default().push(branch);
                 }
             }
-        } else {
-            let decided = sqlx::query(sql.decide)
-                .bind(rows)
-                .fetch_all(&self.pool)
-                .await?;
-            for row in &decided {
-                versions.insert(row.try_get("gid")?, row.try_get("version")?);
+            // The join reads the snapshot the statement started with, while the decision
+            // itself may have waited for a registration to commit: then the count is
+            // newer than the rows, and a fresh read has them all.
+            let short: Vec<Gid<&str>> = decided
+                .iter()
+                .filter(|(gid, (_, count))| {
+                    branches.get(*gid).map_or(0, Vec::len) < usize::try_from(*count).unwrap_or(0)
+                })
+                .map(|(gid, _)| Gid { id: gid.as_str() })
+                .collect();
+            if !short.is_empty() {
+                let again = sqlx::query(sql.branches)
+                    .bind(to_json(&short)?)
+                    .fetch_all(&self.pool)
+                    .await?;
+                for gid in &short {
+                    branches.remove(gid.id);
+                }
+                for row in &again {
+                    let branch = branch_from_row(row)?;
+                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                }
             }
-            if !versions.is_empty() {
+        } else {
+            // One transaction, so that a failed read cannot leave decisions taken that no
+            // caller knows it took.
+            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            let found = sqlx::query(sql.decide)
+                .bind(rows)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &found {
+                decided.insert(
+                    row.try_get("gid")?,
+                    (row.try_get("version")?, row.try_get("branch_count")?),
+                );
+            }
+            if !decided.is_empty() {
                 let gids: Vec<Gid<&str>> =
-                    versions.keys().map(|id| Gid { id: id.as_str() }).collect();
+                    decided.keys().map(|id| Gid { id: id.as_str() }).collect();
                 let rows = sqlx::query(sql.branches)
                     .bind(to_json(&gids)?)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?;
                 for row in &rows {
                     let branch = branch_from_row(row)?;
                     branches.entry(branch.gid.clone()).or_default().push(branch);
                 }
             }
+            tx.commit().await?;
         }
         Ok(items
             .iter()
             .map(|item| {
-                versions.remove(&item.gid).map(|version| Decided {
+                decided.remove(&item.gid).map(|(version, _)| Decided {
                     lease: Lease {
                         gid: item.gid.clone(),
                         owner: item.owner.clone(),
@@ -421,19 +470,22 @@ impl Batch for Decisions {
     }
 }
 
-/// A round in which every pending branch succeeded.
+/// A round in which every branch it called succeeded.
 #[derive(Debug)]
 pub(super) struct Finished {
     pub lease: Lease,
-    /// CONFIRMED or CANCELLED.
-    pub done: BranchStatus,
+    /// The branches called and their new status (CONFIRMED or CANCELLED).
+    pub done: Vec<(u32, BranchStatus)>,
+    /// How many branches the round read, pending or not.
+    pub seen: i64,
     /// COMMITTED or ABORTED.
     pub status: Status,
 }
 
 /// Records finished rounds (without waiting for durability: see `Store::record_round`):
-/// the branches' new status whatever happened to the lease, since they are facts, and the
-/// final status of each transaction whose lease still holds. Answers whether it did.
+/// the called branches' new status whatever happened to the lease, since they are facts,
+/// and the final status of each transaction whose lease still holds and whose round saw
+/// all of its branches. Answers whether it finished.
 #[derive(Debug)]
 pub(super) struct Rounds {
     pub pool: AnyPool,
@@ -448,38 +500,56 @@ impl Batch for Rounds {
         #[derive(Serialize)]
         struct RoundRow<'a> {
             id: &'a str,
-            done: &'a str,
             lease_owner: &'a str,
             lease_version: i64,
             final_status: &'a str,
+            seen: i64,
+        }
+        #[derive(Serialize)]
+        struct DoneRow<'a> {
+            id: &'a str,
+            branch_id: u32,
+            done: &'a str,
         }
         let sql = Sql::for_dialect(self.dialect);
         // No gid is skipped here: two rounds of one transaction carry different leases
         // (a late one of a previous owner, say), and the fence lets at most one finish.
-        let rows: Vec<RoundRow> = items
+        let rounds: Vec<RoundRow> = items
             .iter()
             .map(|item| RoundRow {
                 id: &item.lease.gid,
-                done: item.done.as_str(),
                 lease_owner: &item.lease.owner,
                 lease_version: item.lease.version,
                 final_status: item.status.as_str(),
+                seen: item.seen,
             })
             .collect();
-        let rows = to_json(&rows)?;
+        let done: Vec<DoneRow> = items
+            .iter()
+            .flat_map(|item| {
+                item.done.iter().map(|(branch_id, status)| DoneRow {
+                    id: &item.lease.gid,
+                    branch_id: *branch_id,
+                    done: status.as_str(),
+                })
+            })
+            .collect();
+        let (rounds, done) = (to_json(&rounds)?, to_json(&done)?);
         let finished = if self.dialect.writable_cte() {
             sqlx::query(sql.finish_all)
-                .bind(rows)
+                .bind(rounds)
+                .bind(done)
                 .fetch_all(&self.pool)
                 .await?
         } else {
             let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
             sqlx::query(sql.finish_branches)
-                .bind(rows.clone())
+                .bind(rounds.clone())
+                .bind(done)
                 .execute(&mut *tx)
                 .await?;
             let finished = sqlx::query(sql.finish)
-                .bind(rows)
+                .bind(rounds)
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;

@@ -1,10 +1,13 @@
 //! Every difference between the SQLite and PostgreSQL SQL the store issues, in one place:
-//! the clock expression, how a write transaction starts, row locking for claims, connection
-//! set-up and URL handling. The statements themselves live in `store/mod.rs` and are written
-//! once, with `{now}` standing for the clock, `{skip_locked}` for claim locking,
+//! the clock expression, how a write transaction starts, row locking for claims, whether a
+//! statement may write in its WITH clause, connection set-up and URL handling. The
+//! statements themselves live in `store/mod.rs` and its submodules and are written once,
+//! with `{now}` standing for the clock, `{skip_locked}` for claim locking,
 //! `{json $N: col TYPE, …}` for a table of rows sent as one JSON array parameter (how a
 //! batch of many requests travels in one statement, see `store/batches.rs`) and
-//! `{in_ids $N}` for membership in those rows' ids.
+//! `{in_ids $N}` for membership in those rows' ids. (Where PostgreSQL can write a batch in
+//! one statement, `store/batches.rs` picks that statement or SQLite's transaction of several
+//! by [`Dialect::writable_cte`].)
 
 use std::{str::FromStr, time::Duration};
 

@@ -12,14 +12,18 @@
 //! that beat two or four overlapping ones (fewer, larger batches cost the database less per
 //! request; at 64 concurrent transactions on PostgreSQL, 2,750 against 2,450
 //! transactions/s with two in flight, and at 8 a lower p99).
-//! A batch that fails is run again item by item, so an error belongs to the request that
-//! caused it and the others still succeed.
+//! A batch the database refuses (and so rolls back) is run again item by item, so the
+//! refusal belongs to the request that caused it and the others still succeed. Any other
+//! failure — a lost connection, a timeout — may have come after the commit, so it is
+//! answered to every request of the batch rather than risk writing them twice.
 //!
 //! This module knows nothing about SQL; what a batch writes is in `store/batches.rs`.
 //! Batches run in the group's task, not a caller's, so a caller that goes away (a
 //! cancelled gRPC call) never takes other callers' writes with it.
 
-use std::future::Future;
+use std::{future::Future, panic::AssertUnwindSafe};
+
+use futures::FutureExt;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,23 +96,21 @@ impl<B: Batch> Group<B> {
 
 async fn run<B: Batch>(batch: &B, entries: Vec<Entry<B>>) {
     let (items, replies): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-    let outputs = match batch.run(&items).await {
-        Ok(outputs) if outputs.len() == items.len() => outputs,
-        Ok(outputs) => {
+    // A panic (a bug) fails this batch's requests, not every later one.
+    let ran = AssertUnwindSafe(batch.run(&items)).catch_unwind().await;
+    let outputs = match ran {
+        Ok(Ok(outputs)) if outputs.len() == items.len() => outputs,
+        Ok(Ok(outputs)) => {
             let error = format!("a batch of {} answered {}", items.len(), outputs.len());
             for reply in replies {
                 let _ = reply.send(Err(Error::Corrupt(error.clone())));
             }
             return;
         }
-        Err(error) if items.len() == 1 => {
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(Err(error));
-            }
-            return;
-        }
-        Err(error) => {
-            tracing::warn!(%error, items = items.len(), "batch failed; running its items one by one");
+        // The database refused the batch and rolled it back: run each item alone, so
+        // that the refusal belongs to the item that caused it.
+        Ok(Err(Error::Database(sqlx::Error::Database(refusal)))) if items.len() > 1 => {
+            tracing::warn!(error = %refusal, items = items.len(), "batch refused; running its items one by one");
             for (item, reply) in items.iter().zip(replies) {
                 let output = batch
                     .run(std::slice::from_ref(item))
@@ -119,6 +121,35 @@ async fn run<B: Batch>(batch: &B, entries: Vec<Entry<B>>) {
                             .ok_or_else(|| Error::Corrupt("a batch of 1 answered 0".to_owned()))
                     });
                 let _ = reply.send(output);
+            }
+            return;
+        }
+        // Anything else (a lost connection, a timeout) may have happened after the commit:
+        // running the items again could write them twice, so each gets the error.
+        Ok(Err(error)) if replies.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(error));
+            }
+            return;
+        }
+        Ok(Err(error)) => {
+            let error = error.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(Error::Batch {
+                    size: items.len(),
+                    error: error.clone(),
+                }));
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::error!(
+                batch = std::any::type_name::<B>(),
+                items = items.len(),
+                "batch panicked"
+            );
+            for reply in replies {
+                let _ = reply.send(Err(Error::Corrupt("the batch panicked".to_owned())));
             }
             return;
         }
@@ -138,7 +169,38 @@ mod tests {
 
     use super::*;
 
-    /// Doubles numbers; a batch holding 13 fails; the first batch waits for `gate`.
+    /// What a database says when it refuses a statement.
+    #[derive(Debug)]
+    struct Refused;
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("13 is refused")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    impl sqlx::error::DatabaseError for Refused {
+        fn message(&self) -> &str {
+            "13 is refused"
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::CheckViolation
+        }
+    }
+
+    /// Doubles numbers; the database refuses a batch holding 13; a batch holding 7 loses
+    /// its connection; the first batch waits for `gate`.
     struct Doubler {
         sizes: Arc<Mutex<Vec<usize>>>,
         gate: Arc<Notify>,
@@ -158,14 +220,16 @@ mod tests {
                 self.gate.notified().await;
             }
             if items.contains(&13) {
-                return Err(Error::Corrupt("13".to_owned()));
+                return Err(Error::Database(sqlx::Error::Database(Box::new(Refused))));
+            }
+            if items.contains(&7) {
+                return Err(Error::Database(sqlx::Error::PoolTimedOut));
             }
             Ok(items.iter().map(|i| i * 2).collect())
         }
     }
 
-    #[tokio::test]
-    async fn requests_behind_a_running_batch_share_the_next_and_a_bad_one_fails_alone() {
+    fn doubler() -> (Group<Doubler>, Arc<Mutex<Vec<usize>>>, Arc<Notify>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Notify::new());
         let group = Group::start(
@@ -175,27 +239,55 @@ mod tests {
             },
             128,
         );
-        let first = tokio::spawn({
+        (group, sizes, gate)
+    }
+
+    /// Submits `first` alone, then `rest` while its batch runs; answers all.
+    async fn behind_one(
+        first: u32,
+        rest: std::ops::RangeInclusive<u32>,
+    ) -> (Result<u32>, Vec<Result<u32>>, Vec<usize>) {
+        let (group, sizes, gate) = doubler();
+        let alone = tokio::spawn({
             let group = group.clone();
-            async move { group.submit(1).await }
+            async move { group.submit(first).await }
         });
         while sizes.lock().expect("sizes").is_empty() {
             tokio::task::yield_now().await;
         }
-        // Queued while the first batch runs: they go out together once it is done.
-        let (rest, ()) = tokio::join!(join_all((2..=20).map(|i| group.submit(i))), async {
+        let (rest, ()) = tokio::join!(join_all(rest.map(|i| group.submit(i))), async {
             gate.notify_one()
         });
-        assert_eq!(first.await.expect("first").expect("doubled"), 2);
-        for (i, answer) in (2..=20).zip(rest) {
+        let alone = alone.await.expect("first");
+        let sizes = sizes.lock().expect("sizes").clone();
+        (alone, rest, sizes)
+    }
+
+    #[tokio::test]
+    async fn requests_behind_a_running_batch_share_the_next_and_a_refused_one_fails_alone() {
+        let (first, rest, sizes) = behind_one(1, 8..=20).await;
+        assert_eq!(first.expect("doubled"), 2);
+        for (i, answer) in (8..=20).zip(rest) {
             match answer {
                 Ok(doubled) => assert_eq!(doubled, i * 2),
-                Err(error) => assert_eq!((i, error.to_string()), (13, "corrupt row: 13".into())),
+                Err(error) => assert_eq!(i, 13, "{i}: {error}"),
             }
         }
-        // The batch of 19 failed because of 13, and each of its items ran alone.
-        let sizes = sizes.lock().expect("sizes").clone();
-        assert_eq!(sizes[..2], [1, 19]);
-        assert_eq!(sizes[2..], [1; 19]);
+        // The batch of 13 was refused because of 13, and each of its items ran alone.
+        assert_eq!(sizes[..2], [1, 13]);
+        assert_eq!(sizes[2..], [1; 13]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_may_have_committed_is_not_run_again() {
+        let (first, rest, sizes) = behind_one(1, 2..=9).await;
+        assert_eq!(first.expect("doubled"), 2);
+        for answer in rest {
+            assert!(
+                matches!(answer, Err(Error::Batch { size: 8, .. })),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(sizes, [1, 8], "no item ran twice");
     }
 }

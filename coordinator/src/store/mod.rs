@@ -40,6 +40,15 @@ pub enum Error {
     /// The store was shut down while the request waited for its batch.
     #[error("the store is shut down")]
     Closed,
+    /// The batch this request was written with failed without the database saying why
+    /// (a lost connection, a timeout); it may or may not have been committed.
+    #[error("a batch of {size} writes failed: {error}")]
+    Batch {
+        /// Requests in the batch.
+        size: usize,
+        /// The error the batch met.
+        error: String,
+    },
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -123,6 +132,7 @@ mod retention;
 
 // Declared after `statements!` so that the batched statements can use it.
 mod batches;
+
 mod group;
 
 pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
@@ -208,6 +218,10 @@ pub enum RoundResult {
     },
     /// Another instance owns the transaction now; nothing global was written.
     LostLease,
+    /// Every call succeeded but the transaction did not finish: the lease was lost, or
+    /// the round did not see all of its branches. The owner of the next claim (after the
+    /// lease) reads the branches again.
+    NotFinished,
 }
 
 /// Escalation thresholds applied when a round is rescheduled.
@@ -256,6 +270,7 @@ impl Store {
             Dialect::Sqlite => 1,
             Dialect::Postgres => max_connections.max(2),
         };
+        batches::render(dialect);
         let pool = dialect.connect(url, max_connections, false).await?;
         match dialect {
             Dialect::Sqlite => {
@@ -489,30 +504,43 @@ impl Store {
         lease_ms: i64,
         reason: Option<&str>,
     ) -> Result<Result<Decided, Refusal>> {
-        let decided = self
-            .decisions
-            .submit(Decision {
-                gid: gid.to_owned(),
-                to,
-                owner: owner.to_owned(),
-                lease_ms,
-                reason: reason.map(str::to_owned),
-            })
-            .await?;
-        Ok(match decided {
-            Some(decided) => Ok(decided),
-            None => Err(match self.get(gid).await? {
-                None => Refusal::NotFound,
-                Some(found) => Refusal::State(found),
-            }),
-        })
+        // An abort refused while the transaction is still TRYING shared its batch with an
+        // earlier request for the same gid that did not decide (a Commit past the
+        // deadline): alone, it decides.
+        for attempt in 0..2 {
+            let decided = self
+                .decisions
+                .submit(Decision {
+                    gid: gid.to_owned(),
+                    to,
+                    owner: owner.to_owned(),
+                    lease_ms,
+                    reason: reason.map(str::to_owned),
+                })
+                .await?;
+            if let Some(decided) = decided {
+                return Ok(Ok(decided));
+            }
+            match self.get(gid).await? {
+                None => return Ok(Err(Refusal::NotFound)),
+                Some(found)
+                    if attempt == 0 && to == Status::Aborting && found.status == Status::Trying => {
+                }
+                Some(found) => return Ok(Err(Refusal::State(found))),
+            }
+        }
+        Err(Error::Corrupt(format!(
+            "{gid} stays TRYING but refuses to abort"
+        )))
     }
 
     /// Records one phase-two round in a single database transaction: each branch's outcome,
     /// then either the final status (when no branch is left pending) or the next attempt.
     /// The global write is fenced by the lease; branch successes are facts and are kept
-    /// even when the lease was lost. A round in which every branch succeeded — the usual
-    /// one — shares its commit with other transactions' (see [`group`]).
+    /// even when the lease was lost. `seen` is how many branches the round read: the
+    /// transaction finishes only if that is all it has, so a branch the round never called
+    /// keeps it unfinished. A round in which every branch succeeded — the usual one —
+    /// shares its commit with other transactions' (see [`group`]).
     ///
     /// This write does not wait for durability. The decision it follows is durable, and so
     /// is every participant's answer, in the participant's own database; if a crash loses
@@ -523,30 +551,32 @@ impl Store {
         &self,
         lease: &Lease,
         outcomes: &[(u32, BranchOutcome)],
+        seen: i64,
         final_status: Status,
         retry_in_ms: i64,
         escalation: Escalation,
     ) -> Result<RoundResult> {
-        let all_done = outcomes
+        let done: Option<Vec<(u32, BranchStatus)>> = outcomes
             .iter()
-            .all(|(_, outcome)| matches!(outcome, BranchOutcome::Done(_)));
-        if all_done {
-            let done = match final_status {
-                Status::Committed => BranchStatus::Confirmed,
-                _ => BranchStatus::Cancelled,
-            };
+            .map(|(branch_id, outcome)| match outcome {
+                BranchOutcome::Done(status) => Some((*branch_id, *status)),
+                BranchOutcome::Failed { .. } => None,
+            })
+            .collect();
+        if let Some(done) = done {
             let finished = self
                 .rounds
                 .submit(Finished {
                     lease: lease.clone(),
                     done,
+                    seen,
                     status: final_status,
                 })
                 .await?;
             return Ok(if finished {
                 RoundResult::Finished(final_status)
             } else {
-                RoundResult::LostLease
+                RoundResult::NotFinished
             });
         }
         let mut tx = self.relaxed.begin_with(self.dialect.begin_write()).await?;
