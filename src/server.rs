@@ -6,7 +6,9 @@
 //! coordinator at start-up and again periodically, so a coordinator that lost its
 //! participant table (a fresh database, a new instance) learns it again.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use futures::FutureExt;
 
 use backon::{ExponentialBuilder, Retryable};
 use settle_proto::v1::{
@@ -108,10 +110,11 @@ impl<P: Participant> Serve<P> {
     /// default is a transaction per call.
     ///
     /// The barrier's guarantees are the same. What changes for the participant: its calls
-    /// no longer run concurrently (so none may wait on anything slow), and when one call of
-    /// a group fails, the group is rolled back and each of its calls runs again alone, so a
-    /// call's effects outside its transaction (in memory, say) may happen twice. Its
-    /// database effects count once.
+    /// no longer run concurrently (so none may wait on anything slow); a call that fails
+    /// is answered with its error, the group is rolled back and the other calls run again
+    /// together, so a call's effects outside its transaction (in memory, say) may happen
+    /// more than once. Its database effects count once. A call that fails sees the effects
+    /// of the calls before it in its group, as if they had come first.
     pub fn group_commit(mut self, max_batch: usize) -> Self {
         self.group_commit = Some(max_batch.max(1));
         self
@@ -317,11 +320,12 @@ impl<P: Participant> ParticipantService<P> {
         match &self.calls {
             Some(calls) => {
                 let (answer, answered) = oneshot::channel();
-                let stopped = || Status::unavailable("the participant is shutting down");
                 calls
                     .send(Call { op, branch, answer })
-                    .map_err(|_| stopped())?;
-                answered.await.map_err(|_| stopped())??;
+                    .map_err(|_| Status::unavailable("the participant is shutting down"))?;
+                answered.await.map_err(|_| {
+                    Status::unavailable("the participant stopped before answering this call")
+                })??;
             }
             None => alone(&*self.participant, &self.barrier, op, &branch).await?,
         }
@@ -357,7 +361,7 @@ async fn alone<P: Participant>(
 }
 
 /// The group-commit task (see [`Serve::group_commit`]): takes whatever calls have queued
-/// and runs them together; when that fails, runs each alone.
+/// and runs them together.
 async fn commit_in_groups<P: Participant>(
     participant: Arc<P>,
     barrier: Barrier,
@@ -372,56 +376,90 @@ async fn commit_in_groups<P: Participant>(
                 Err(_) => break,
             }
         }
-        match together(&*participant, &barrier, &calls).await {
-            Some(answers) => {
+        // A panic in the participant fails this group's calls (their answers are dropped,
+        // and nothing of the group was committed), not every later one.
+        let settled = AssertUnwindSafe(settle_group(&*participant, &barrier, calls))
+            .catch_unwind()
+            .await;
+        if settled.is_err() {
+            warn!("a participant call panicked; its group was rolled back");
+        }
+    }
+}
+
+/// Runs a group's calls together until they commit. A call that fails is answered with
+/// its error (the group is rolled back, so its effects are gone) and the others run
+/// together again; if the database itself fails, each call runs alone.
+async fn settle_group<P: Participant>(participant: &P, barrier: &Barrier, mut calls: Vec<Call>) {
+    loop {
+        match together(participant, barrier, &calls).await {
+            Together::Committed(answers) => {
                 for (call, answer) in calls.into_iter().zip(answers) {
                     let _ = call.answer.send(answer);
                 }
+                return;
             }
-            None => {
-                if calls.len() > 1 {
-                    debug!(
-                        calls = calls.len(),
-                        "a group failed; running its calls alone"
-                    );
+            Together::CallFailed(index, status) => {
+                let failed = calls.remove(index);
+                let _ = failed.answer.send(Err(status));
+                if calls.is_empty() {
+                    return;
                 }
+            }
+            Together::Broken => {
+                debug!(
+                    calls = calls.len(),
+                    "a group's transaction failed; running its calls alone"
+                );
                 for call in calls {
-                    let answer = alone(&*participant, &barrier, call.op, &call.branch).await;
+                    let answer = alone(participant, barrier, call.op, &call.branch).await;
                     let _ = call.answer.send(answer);
                 }
+                return;
             }
         }
     }
 }
 
-/// Runs `calls` one after another in one local transaction and commits it. `None` when
-/// any call failed or the database did: then nothing of the group is kept.
-async fn together<P: Participant>(
-    participant: &P,
-    barrier: &Barrier,
-    calls: &[Call],
-) -> Option<Vec<Result<(), Status>>> {
-    let mut tx = barrier.database().begin_write().await.ok()?;
+/// How running a group in one transaction ended.
+enum Together {
+    /// Committed: one answer per call.
+    Committed(Vec<Result<(), Status>>),
+    /// The call at this index failed with this answer; the transaction was rolled back.
+    CallFailed(usize, Status),
+    /// The database failed (beginning, the barrier or the commit): nothing is known to be
+    /// kept, and the barrier makes running a call again safe.
+    Broken,
+}
+
+/// Runs `calls` one after another in one local transaction and commits it.
+async fn together<P: Participant>(participant: &P, barrier: &Barrier, calls: &[Call]) -> Together {
+    let Ok(mut tx) = barrier.database().begin_write().await else {
+        return Together::Broken;
+    };
     let mut answers = Vec::with_capacity(calls.len());
-    for call in calls {
+    for (index, call) in calls.iter().enumerate() {
         let (gid, branch_id) = (&call.branch.gid, call.branch.branch_id);
-        let answer = match barrier::admit(&mut tx, call.op, gid, branch_id)
-            .await
-            .ok()?
-        {
-            Admission::Proceed => {
-                run(participant, call.op, &call.branch, &mut tx)
-                    .await
-                    .ok()?;
-                Ok(())
-            }
+        let Ok(admission) = barrier::admit(&mut tx, call.op, gid, branch_id).await else {
+            return Together::Broken;
+        };
+        let answer = match admission {
+            Admission::Proceed => match run(participant, call.op, &call.branch, &mut tx).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Together::CallFailed(index, participant_status(error));
+                }
+            },
             Admission::Duplicate | Admission::EmptyRollback => Ok(()),
             Admission::Hanging => Err(hanging(call.op)),
         };
         answers.push(answer);
     }
-    tx.commit().await.ok()?;
-    Some(answers)
+    match tx.commit().await {
+        Ok(()) => Together::Committed(answers),
+        Err(_) => Together::Broken,
+    }
 }
 
 async fn run<P: Participant>(

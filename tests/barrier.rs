@@ -295,10 +295,10 @@ async fn finished_branches_are_removed_in_batches(backend: Backend, group_commit
 }
 each_mode!(finished_branches_are_removed_in_batches);
 
-async fn a_refused_try_fails_alone_and_the_others_count_once(backend: Backend, group_commit: bool) {
+async fn a_refused_try_fails_and_the_others_count_once(backend: Backend, group_commit: bool) {
     let f = fixture(backend, group_commit).await;
     // 30 Trys of 40 at once on 1,000: 25 fit. With group commit the refusals land in groups
-    // with successes, which are then run again alone.
+    // with successes: each is answered, its group rolled back and the others run again.
     let tries = (0..30).map(|i| {
         let f = &f;
         async move {
@@ -339,4 +339,4 @@ async fn a_refused_try_fails_alone_and_the_others_count_once(backend: Backend, g
     assert_eq!(f.stock().await, (0, 0, 1_000));
     f.serving.stop().await.expect("stop");
 }
-each_mode!(a_refused_try_fails_alone_and_the_others_count_once);
+each_mode!(a_refused_try_fails_and_the_others_count_once);
