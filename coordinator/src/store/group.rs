@@ -1,8 +1,9 @@
 //! Group commit: the writes of many concurrent requests of one kind carried out together —
 //! a few statements and one database commit for the lot — instead of a statement and a
-//! commit each. On PostgreSQL this is what lets the coordinator log more transactions per
-//! second than a naive log does (each commit costs the server a WAL flush and a round of
-//! work per statement); on SQLite it turns many writers waiting on one lock into a queue.
+//! commit each. On PostgreSQL this is what makes the coordinator's log cost the database
+//! less per transaction than a naive log with a commit per write (each commit costs the
+//! server a WAL flush, and each statement a round of work); on SQLite it turns many
+//! writers waiting on one lock into a queue.
 //!
 //! A [`Group`] owns a queue and a task. Callers [`Group::submit`] an item and wait for its
 //! answer. The task takes whatever has queued (up to `max_batch` items), runs it as one
