@@ -162,14 +162,6 @@ impl Batch for Begins {
             labels: &'a str,
             branch_count: usize,
         }
-        #[derive(Serialize)]
-        struct BranchRow<'a> {
-            id: &'a str,
-            branch_id: usize,
-            participant: &'a str,
-            action: &'a str,
-            payload: String,
-        }
         let sql = Sql::for_dialect(self.dialect);
         let firsts = first_of_each_gid(items, |item| &item.gid);
         let txs: Vec<TxRow> = firsts
@@ -262,14 +254,6 @@ impl Batch for Registrations {
             id: &'a str,
             n: i64,
             max_branches: i64,
-        }
-        #[derive(Serialize)]
-        struct BranchRow<'a> {
-            id: &'a str,
-            branch_id: i64,
-            participant: &'a str,
-            action: &'a str,
-            payload: String,
         }
         let sql = Sql::for_dialect(self.dialect);
         let mut wanted: Vec<SlotRow> = Vec::new();
@@ -564,6 +548,17 @@ impl Batch for Rounds {
             .map(|item| finished.remove(&(item.lease.gid.clone(), item.lease.version)))
             .collect())
     }
+}
+
+/// A JSON row of a branch to insert (`insert_branches`, `begin_with_branches`).
+#[derive(Serialize)]
+struct BranchRow<'a> {
+    id: &'a str,
+    branch_id: i64,
+    participant: &'a str,
+    action: &'a str,
+    /// Hex.
+    payload: String,
 }
 
 /// A JSON row naming one transaction.
