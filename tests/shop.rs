@@ -12,7 +12,7 @@ use settle::{Client, server::Serving};
 use settle_participants::{
     flows::{self, Outcome, PointsPay, Purchase},
     invariants::{self, Opening},
-    inventory::Inventory,
+    inventory::{Inventory, Stock},
     order::Orders,
     payment::Payment,
     points::Points,
@@ -114,6 +114,15 @@ impl TestShop {
         }
     }
 
+    /// The sale SKU's stock.
+    async fn stock(&self) -> Stock {
+        self.inventory
+            .stock(SKU)
+            .await
+            .expect("stock")
+            .expect("sku")
+    }
+
     /// A view for the invariant checker, which takes a `Shop`-like set of services.
     async fn check(&self, opening: Opening) -> Vec<String> {
         invariants::check_services(
@@ -206,12 +215,7 @@ async fn concurrent_flows_keep_every_invariant(backend: Backend) {
             Outcome::Refused { .. } => None,
         })
         .collect();
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!(stock.reserved, 0, "nothing held");
     assert_eq!(stock.sold + stock.available, 40, "none oversold, none lost");
     // A purchase refused after its reservation (too little money, a second click) gives
@@ -229,12 +233,7 @@ async fn concurrent_flows_keep_every_invariant(backend: Backend) {
             other => panic!("a unit was left, yet buyer {user_id} got {other:?}"),
         }
     }
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!(stock.sold, 40, "every unit sold, none oversold");
 
     // Refund a few paid orders concurrently, by both payment means.
@@ -295,12 +294,7 @@ async fn refusals_leave_nothing_held(backend: Backend) {
             reason: "insufficient funds".into()
         }
     );
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!((stock.available, stock.reserved, stock.sold), (5, 0, 0));
     let account = shop
         .payment
@@ -359,12 +353,7 @@ async fn refusals_leave_nothing_held(backend: Backend) {
         .expect("account")
         .expect("exists");
     assert_eq!((account.balance, account.frozen), (900, 0), "charged once");
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!((stock.available, stock.reserved, stock.sold), (4, 0, 1));
 
     let orders = shop.orders.all().await.expect("orders");
@@ -469,12 +458,7 @@ async fn refund_restores_everything_exactly_once(backend: Backend) {
         "{points_replay:?}"
     );
 
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!(
         (stock.available, stock.reserved, stock.sold),
         (3, 0, 0),
@@ -593,12 +577,7 @@ async fn refund_phase_two_is_retried_until_done(backend: Backend) {
     shop.restart_service(shop::INVENTORY).await;
     common::wait_for_status(&mut raw, &gid, settle::proto::v1::Status::Committed).await;
 
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!((stock.available, stock.reserved, stock.sold), (1, 0, 0));
     assert_eq!(
         shop.payment
@@ -726,12 +705,7 @@ async fn refund_as_a_saga_restores_everything_once_or_compensates(backend: Backe
         "the credit was taken back"
     );
 
-    let stock = shop
-        .inventory
-        .stock(SKU)
-        .await
-        .expect("stock")
-        .expect("sku");
+    let stock = shop.stock().await;
     assert_eq!((stock.available, stock.reserved, stock.sold), (2, 0, 1));
     assert_eq!(shop.check(opening).await, Vec::<String>::new());
     shop.stop().await;
