@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Row, any::AnyRow};
 
 use super::{Decided, Dialect, Error, Lease, Result, branch_from_row, group::Batch, tx_from_row};
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
@@ -383,8 +383,7 @@ impl Batch for Decisions {
                 );
                 // A transaction without branches comes as one row of NULLs.
                 if row.try_get::<Option<i64>, _>("branch_id")?.is_some() {
-                    let branch = branch_from_row(row)?;
-                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                    add_branch(&mut branches, row)?;
                 }
             }
             // The join reads the snapshot the statement started with, while the decision
@@ -406,8 +405,7 @@ impl Batch for Decisions {
                     branches.remove(gid.id);
                 }
                 for row in &again {
-                    let branch = branch_from_row(row)?;
-                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                    add_branch(&mut branches, row)?;
                 }
             }
         } else {
@@ -432,8 +430,7 @@ impl Batch for Decisions {
                     .fetch_all(&mut *tx)
                     .await?;
                 for row in &rows {
-                    let branch = branch_from_row(row)?;
-                    branches.entry(branch.gid.clone()).or_default().push(branch);
+                    add_branch(&mut branches, row)?;
                 }
             }
             tx.commit().await?;
@@ -548,6 +545,13 @@ impl Batch for Rounds {
             .map(|item| finished.remove(&(item.lease.gid.clone(), item.lease.version)))
             .collect())
     }
+}
+
+/// Adds the branch in `row` to its transaction's list.
+fn add_branch(branches: &mut HashMap<String, Vec<Branch>>, row: &AnyRow) -> Result<()> {
+    let branch = branch_from_row(row)?;
+    branches.entry(branch.gid.clone()).or_default().push(branch);
+    Ok(())
 }
 
 /// A JSON row of a branch to insert (`insert_branches`, `begin_with_branches`).
