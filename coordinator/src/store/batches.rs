@@ -567,8 +567,8 @@ struct BranchRow<'a> {
 
 /// A JSON row naming one transaction.
 #[derive(Serialize)]
-struct Gid<S> {
-    id: S,
+pub(super) struct Gid<S> {
+    pub id: S,
 }
 
 /// The items whose gid did not occur earlier in the batch.
@@ -577,7 +577,7 @@ fn first_of_each_gid<'a, T>(items: &'a [T], gid: impl Fn(&'a T) -> &'a str) -> V
     items.iter().filter(|item| seen.insert(gid(item))).collect()
 }
 
-fn to_json<T: Serialize>(rows: &T) -> Result<String> {
+pub(super) fn to_json<T: Serialize>(rows: &T) -> Result<String> {
     serde_json::to_string(rows).map_err(|e| Error::Corrupt(format!("batch not serialisable: {e}")))
 }
 

@@ -1,6 +1,7 @@
 //! Retention: finished transactions (COMMITTED or ABORTED) older than a configured age are
-//! deleted in small batches, their branches with them (the foreign key cascades), so the
-//! tables do not grow without bound. Batches go through the partial index on the finished
+//! deleted in small batches, their branches with them, so the tables do not grow without
+//! bound. The branches are deleted here rather than by a cascading foreign key, which
+//! PostgreSQL's schema does not have (migration 0005). Batches go through the partial index on the finished
 //! rows' `updated_at`, and the due-work index never holds finished rows at all.
 //!
 //! Each purged gid leaves a tombstone in `retired_gid`, written in the same database
@@ -8,7 +9,10 @@
 //! by gid, and a new transaction under an old gid would be taken for a duplicate there.
 //! The audit trail is kept: it records operators' actions, which outlive the transactions.
 
-use super::{Dialect, Result, Store};
+use super::{
+    Dialect, Result, Store,
+    batches::{Gid, to_json},
+};
 
 statements! {
     retire = "INSERT INTO retired_gid (gid, retired_at) \
@@ -20,7 +24,9 @@ statements! {
                          (SELECT g.gid FROM global_tx g JOIN retired_gid r ON r.gid = g.gid \
                           WHERE g.status IN ('COMMITTED', 'ABORTED') \
                               AND g.updated_at < {now} - $1 \
-                          ORDER BY g.updated_at LIMIT $2)";
+                          ORDER BY g.updated_at LIMIT $2) \
+                     RETURNING gid";
+    purge_branches = "DELETE FROM branch WHERE gid {in_ids $1}";
     is_retired = "SELECT COUNT(*) FROM retired_gid WHERE gid = $1";
 }
 
@@ -36,13 +42,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         // Only rows with a tombstone go, whatever else became due meanwhile.
-        let done = sqlx::query(sql.purge_retired)
+        let gone: Vec<String> = sqlx::query_scalar(sql.purge_retired)
             .bind(age_ms)
             .bind(batch)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+        if !gone.is_empty() {
+            let ids: Vec<Gid<&str>> = gone.iter().map(|id| Gid { id: id.as_str() }).collect();
+            sqlx::query(sql.purge_branches)
+                .bind(to_json(&ids)?)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(gone.len() as u64)
     }
 
     /// Whether `gid` belonged to a transaction removed by retention.
