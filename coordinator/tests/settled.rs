@@ -1,5 +1,6 @@
 //! The `settled` binary as a newcomer runs it: no flags but a port, in an empty directory,
-//! on the default SQLite database; it serves, and it stops cleanly on SIGTERM.
+//! on the default SQLite database; it serves, and it stops cleanly on SIGTERM — on the
+//! default runtime and on one thread (`--threads 1`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,9 +11,19 @@ use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 
 #[tokio::test]
 async fn settled_starts_on_sqlite_with_no_setup_and_stops_on_sigterm() {
+    serves_and_stops(&[]).await;
+}
+
+#[tokio::test]
+async fn settled_on_one_thread_serves_and_stops_on_sigterm() {
+    serves_and_stops(&["--threads", "1"]).await;
+}
+
+async fn serves_and_stops(flags: &[&str]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_settled"))
         .args(["--listen", "127.0.0.1:0"])
+        .args(flags)
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -73,6 +73,12 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SETTLE_LOG_JSON")]
     log_json: bool,
+    /// Threads running the coordinator (0: one per CPU). With 1, every task runs on one
+    /// thread (tokio's current-thread scheduler): no wake-ups cross threads, and replies that
+    /// become ready together leave in one network write, which on a machine shared with its
+    /// database costs less CPU per transaction (BENCHMARKS.md).
+    #[arg(long, env = "SETTLE_THREADS", default_value_t = 0)]
+    threads: usize,
 }
 
 fn parse_participant(s: &str) -> Result<(String, String), String> {
@@ -82,10 +88,28 @@ fn parse_participant(s: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_owned(), url.trim().to_owned()))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("settled: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // Display, not Debug: start-up errors are read by whoever launched settled.
