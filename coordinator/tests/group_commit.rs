@@ -98,6 +98,23 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
     )));
     let first_branches = 10;
 
+    // Registrations for a gid that does not exist, in one batch: refused, and nothing stored
+    // under it. On PostgreSQL no foreign key checks this (migration 0005); the slot taken
+    // on the transaction's row does.
+    let orphans =
+        join_all((0..3).map(|_| store.register_branch("group-none", "d", "x", b"", 64))).await;
+    assert!(orphans.iter().all(|r| matches!(
+        r.as_ref().expect("register"),
+        Err(RegisterRefusal::NotFound)
+    )));
+    assert!(
+        store
+            .branches("group-none")
+            .await
+            .expect("branches")
+            .is_empty()
+    );
+
     // Every gid decided COPIES times at once, commits racing aborts: one decision wins,
     // and it reads the branches; the others see the winner's state.
     let decisions = gids.iter().flat_map(|gid| {
