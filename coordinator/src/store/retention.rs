@@ -1,8 +1,8 @@
 //! Retention: finished transactions (COMMITTED or ABORTED) older than a configured age are
 //! deleted in small batches, their branches with them, so the tables do not grow without
-//! bound. The branches are deleted here rather than by a cascading foreign key, which
-//! PostgreSQL's schema does not have (migration 0005). Batches go through the partial index on the finished
-//! rows' `updated_at`, and the due-work index never holds finished rows at all.
+//! bound. Batches go through the partial index on the finished rows' `updated_at`, and the
+//! due-work index never holds finished rows at all. The branches are deleted here, not by
+//! a cascading foreign key: PostgreSQL's schema has none (migration 0005).
 //!
 //! Each purged gid leaves a tombstone in `retired_gid`, written in the same database
 //! transaction, so that a client-chosen gid is never reused: participants keep barrier rows
