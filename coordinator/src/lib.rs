@@ -66,7 +66,8 @@ impl Default for Limits {
 pub struct Config {
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
     pub database: String,
-    /// PostgreSQL pool size (SQLite always uses one connection).
+    /// PostgreSQL pool size; round records get half as many more and group commit three
+    /// (SQLite always uses one connection).
     pub max_connections: u32,
     /// Participants known from start-up: (name, endpoint).
     pub participants: Vec<(String, String)>,

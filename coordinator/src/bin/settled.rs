@@ -26,7 +26,8 @@ struct Args {
     /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
     #[arg(long, env = "SETTLE_DATABASE", default_value = "sqlite://settle.db")]
     database: String,
-    /// PostgreSQL connection pool size (SQLite always uses one connection).
+    /// PostgreSQL connection pool size; round records get half as many more and group commit
+    /// three (SQLite always uses one connection).
     #[arg(long, env = "SETTLE_MAX_CONNECTIONS", default_value_t = 16)]
     max_connections: u32,
     /// A participant known at start-up, as NAME=URL (repeatable; comma-separated in the env var).

@@ -18,6 +18,18 @@ use sqlx::{
 
 use super::Error;
 
+/// What the sessions of a pool are for; see [`Dialect::connect`] for why they differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// Any statement.
+    General,
+    /// Only the batch writes and a round's record, every statement keyed by gid. Not
+    /// `durable`: commits without waiting for the WAL flush (`synchronous_commit = off`),
+    /// for writes that a crash may lose because they are redone from what is durable (see
+    /// `Store::record_round`).
+    Batches { durable: bool },
+}
+
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
@@ -167,21 +179,30 @@ impl Dialect {
 
     /// Opens a pool. SQLite files are created when missing and run in WAL mode with
     /// `synchronous=NORMAL` (durable across process crashes; the last commits may be lost
-    /// only on power loss). A `relaxed` PostgreSQL pool commits without waiting for the WAL
-    /// flush (`synchronous_commit = off`): for writes that a crash may lose because they
-    /// are redone from what is durable (see `Store::record_round`).
+    /// only on power loss); `sessions` matters to PostgreSQL only.
     ///
-    /// PostgreSQL plans every statement for its actual parameters (`plan_cache_mode =
-    /// force_custom_plan`). A cached generic plan is made once, while the tables are young
-    /// and look tiny; for the batch statements it then scans whole tables that have grown
-    /// since, until an autovacuum ANALYZE happens to invalidate it (measured: about 1,000
-    /// transactions/s instead of 2,500). Planning each time costs about a tenth of the
-    /// throughput (BENCHMARKS.md) and cannot go wrong that way.
+    /// How PostgreSQL plans is the point of [`Sessions`]. A general pool plans every
+    /// statement for its actual parameters (`plan_cache_mode = force_custom_plan`): the due
+    /// scans and the admin's filters have parameters whose values change the best plan.
+    ///
+    /// A batch pool uses generic plans, which saves planning each batch: that cost more
+    /// than running it (at 8 concurrent transactions, 0.12–0.23 ms against 0.11–0.15 ms
+    /// per statement). Two things keep a generic plan from going wrong as the tables grow:
+    /// - It is dropped every second of a connection's life (`DISCARD PLANS` on the first
+    ///   acquire in a new second). Made once and kept, a plan made while the tables were
+    ///   young and looked tiny went on scanning them whole (about 1,000 transactions/s
+    ///   instead of 2,500) until an ANALYZE invalidated it.
+    /// - Nested loops and sequential scans are off. Within its second, a plan made on tiny
+    ///   tables still met tables many times larger: as a nested loop it scanned the branch
+    ///   table once per decided transaction (40 ms decisions, and the slowdown fed itself).
+    ///   Without them, each statement reads a table at most once, through an index, and
+    ///   hash-joins what it read with the batch; with statistics that fit the tables, the
+    ///   index is the primary key, looked up by the batch's gids (`gid = ANY(…)`).
     pub async fn connect(
         self,
         url: &str,
         max_connections: u32,
-        relaxed: bool,
+        sessions: Sessions,
     ) -> Result<sqlx::AnyPool, Error> {
         sqlx::any::install_default_drivers();
         let url = match self {
@@ -206,19 +227,53 @@ impl Dialect {
                     Ok(())
                 })
             }),
-            Dialect::Postgres => pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    conn.execute("SET plan_cache_mode TO force_custom_plan")
-                        .await?;
-                    if relaxed {
-                        conn.execute("SET synchronous_commit TO off").await?;
-                    }
-                    Ok(())
-                })
-            }),
+            Dialect::Postgres => match sessions {
+                Sessions::General => pool.after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("SET plan_cache_mode TO force_custom_plan")
+                            .await?;
+                        Ok(())
+                    })
+                }),
+                Sessions::Batches { durable } => pool
+                    .test_before_acquire(false)
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "SET plan_cache_mode TO force_generic_plan; \
+                                 SET enable_nestloop TO off; SET enable_seqscan TO off",
+                            )
+                            .await?;
+                            if !durable {
+                                conn.execute("SET synchronous_commit TO off").await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if new_second(meta.age, meta.idle_for) {
+                                conn.execute("DISCARD PLANS").await?;
+                            }
+                            Ok(true)
+                        })
+                    }),
+            },
         };
         Ok(pool.connect_with(options).await?)
     }
+}
+
+/// Whether a connection of `age`, idle for `idle_for`, has entered a new second of its life
+/// since it was last released: then a batch pool drops its plans. That statement also
+/// stands in for sqlx's ping before every acquire, a round trip per batch: a connection
+/// idle for a second or more is checked by it; one used within the last second is known to
+/// have worked then, and if it broke since, its batch fails and is answered as failed.
+/// A connection busy across a second's turn is caught at the next turn it spends idle;
+/// every batch releases its connection when done, and the batch pools have at least one
+/// connection for each kind of batch, so their connections take turns idling.
+fn new_second(age: Duration, idle_for: Duration) -> bool {
+    age.saturating_sub(idle_for).as_secs() != age.as_secs()
 }
 
 /// A URL fit for logs and errors: the password, if any, replaced.
@@ -252,6 +307,16 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://settle.db"), "sqlite://settle.db");
+    }
+
+    #[test]
+    fn batch_connections_drop_plans_once_a_second() {
+        let ms = Duration::from_millis;
+        assert!(!new_second(ms(1_500), ms(400)));
+        assert!(new_second(ms(2_100), ms(200)));
+        assert!(new_second(ms(5_000), ms(3_000)));
+        assert!(!new_second(ms(999), ms(999)));
+        assert!(new_second(ms(1_000), ms(1)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use sqlx::{Any, AnyPool, Row, any::AnyRow};
 use batches::{Begins, Decision, Decisions, Finished, NewTx, Registration, Registrations, Rounds};
 use group::Group;
 
+use dialect::Sessions;
 pub use dialect::{Dialect, redact};
 
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
@@ -237,9 +238,12 @@ pub struct Escalation {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// For writes that need not wait for durability (PostgreSQL: a second pool with
+    /// For writes that need not wait for durability (PostgreSQL: a pool with
     /// `synchronous_commit = off`; SQLite: the same pool).
     relaxed: AnyPool,
+    /// The durable batches' connections (PostgreSQL: a third pool, one connection for each
+    /// kind of batch; SQLite: the same pool).
+    batches: AnyPool,
     dialect: Dialect,
     sql: &'static Sql,
     begins: Group<Begins>,
@@ -247,6 +251,9 @@ pub struct Store {
     decisions: Group<Decisions>,
     rounds: Group<Rounds>,
 }
+
+/// One connection for each kind of durable batch: each kind runs one batch at a time.
+const BATCH_CONNECTIONS: u32 = 3;
 
 /// The most requests one batch carries.
 const MAX_BATCH: usize = 128;
@@ -261,7 +268,9 @@ impl Store {
     /// Connects (creating a SQLite file if missing), applies pending migrations and starts
     /// the group-commit tasks on the current runtime.
     ///
-    /// PostgreSQL gets a pool of `max_connections`. SQLite gets one connection whatever
+    /// PostgreSQL gets a pool of `max_connections` for general queries, half as many for
+    /// round records and [`BATCH_CONNECTIONS`] for the durable batches (their sessions are
+    /// set up differently, see [`Dialect::connect`]). SQLite gets one connection whatever
     /// `max_connections` says: it admits one writer at a time, and more connections only
     /// wait on its lock (sleeping in `busy_timeout`) where a queue would hand over at once.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
@@ -271,7 +280,9 @@ impl Store {
             Dialect::Postgres => max_connections.max(2),
         };
         batches::render(dialect);
-        let pool = dialect.connect(url, max_connections, false).await?;
+        let pool = dialect
+            .connect(url, max_connections, Sessions::General)
+            .await?;
         match dialect {
             Dialect::Sqlite => {
                 sqlx::migrate!("../migrations/coordinator/sqlite")
@@ -284,32 +295,39 @@ impl Store {
                     .await?
             }
         }
-        let relaxed = match dialect {
-            Dialect::Sqlite => pool.clone(),
-            Dialect::Postgres => {
+        let (batches, relaxed) = match dialect {
+            Dialect::Sqlite => (pool.clone(), pool.clone()),
+            Dialect::Postgres => (
                 dialect
-                    .connect(url, (max_connections / 2).max(2), true)
-                    .await?
-            }
+                    .connect(url, BATCH_CONNECTIONS, Sessions::Batches { durable: true })
+                    .await?,
+                dialect
+                    .connect(
+                        url,
+                        (max_connections / 2).max(2),
+                        Sessions::Batches { durable: false },
+                    )
+                    .await?,
+            ),
         };
         Ok(Store {
             begins: Group::start(
                 Begins {
-                    pool: pool.clone(),
+                    pool: batches.clone(),
                     dialect,
                 },
                 MAX_BATCH,
             ),
             registrations: Group::start(
                 Registrations {
-                    pool: pool.clone(),
+                    pool: batches.clone(),
                     dialect,
                 },
                 MAX_BATCH,
             ),
             decisions: Group::start(
                 Decisions {
-                    pool: pool.clone(),
+                    pool: batches.clone(),
                     dialect,
                 },
                 MAX_BATCH,
@@ -322,6 +340,7 @@ impl Store {
                 MAX_BATCH,
             ),
             pool,
+            batches,
             relaxed,
             dialect,
             sql: Sql::for_dialect(dialect),
@@ -336,6 +355,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.relaxed.close().await;
+        self.batches.close().await;
         self.pool.close().await;
     }
 
