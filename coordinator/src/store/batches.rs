@@ -49,6 +49,13 @@ macro_rules! branches_of {
     };
 }
 
+// `status = (SELECT 'TRYING')` rather than `= 'TRYING'` in the two statements that find
+// TRYING transactions by the batch's gids: from the constant, PostgreSQL can prove that the
+// partial index `global_tx_due` (unfinished transactions only) applies, and when its
+// statistics say few transactions are unfinished it reads that whole index instead of
+// looking the gids up — a read that grows with the backlog of unfinished transactions (a
+// decision for one gid: 4.4 ms with 40,000 unfinished, against 0.4 ms through the primary
+// key). A subquery's value proves nothing, so the gids go through the primary key.
 macro_rules! decide_sql {
     () => {
         "UPDATE global_tx SET status = v.to_status, owner = v.lease_owner, \
@@ -58,7 +65,7 @@ macro_rules! decide_sql {
          FROM {json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
              abort_reason TEXT} AS v \
          WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
-             AND global_tx.status = 'TRYING' \
+             AND global_tx.status = (SELECT 'TRYING') \
              AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
          RETURNING gid, version, branch_count"
     };
@@ -99,7 +106,8 @@ statements! {
     take_slots = "UPDATE global_tx SET branch_count = branch_count + v.n, updated_at = {now} \
                   FROM {json $1: id TEXT, n BIGINT, max_branches BIGINT} AS v \
                   WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
-                      AND global_tx.status = 'TRYING' AND global_tx.deadline > {now} \
+                      AND global_tx.status = (SELECT 'TRYING') \
+                      AND global_tx.deadline > {now} \
                       AND global_tx.branch_count + v.n <= v.max_branches \
                   RETURNING gid, branch_count";
     decide = decide_sql!();

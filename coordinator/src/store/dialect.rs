@@ -9,7 +9,14 @@
 //! one statement, `store/batches.rs` picks that statement or SQLite's transaction of several
 //! by [`Dialect::writable_cte`].)
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
     Executor,
@@ -101,9 +108,11 @@ impl Dialect {
     }
 
     /// `{in_ids $N}`: membership in the `id` keys of the JSON rows in `$N`, written so that
-    /// the lookup uses the table's index whatever the planner believes about the table's
-    /// size. (Joined on its own, PostgreSQL plans a JSON row source as 100 rows and, before
-    /// the first ANALYZE of a young table, scans the whole table to hash-join them.)
+    /// the lookup can use the table's primary key. (Joined on its own, PostgreSQL plans a
+    /// JSON row source as 100 rows and, before the first ANALYZE of a young table, scans
+    /// the whole table to hash-join them.) PostgreSQL counts the array as ten ids whatever
+    /// its length, so another index that looks cheaper can still win; `store/batches.rs`
+    /// keeps the partial due-work index out of reach where that happened.
     fn in_ids(self, param: &str) -> String {
         let param = param.trim();
         match self {
@@ -188,16 +197,17 @@ impl Dialect {
     /// A batch pool uses generic plans, which saves planning each batch: that cost more
     /// than running it (at 8 concurrent transactions, 0.12–0.23 ms against 0.11–0.15 ms
     /// per statement). Two things keep a generic plan from going wrong as the tables grow:
-    /// - It is dropped every second of a connection's life (`DISCARD PLANS` on the first
-    ///   acquire in a new second). Made once and kept, a plan made while the tables were
-    ///   young and looked tiny went on scanning them whole (about 1,000 transactions/s
-    ///   instead of 2,500) until an ANALYZE invalidated it.
-    /// - Nested loops and sequential scans are off. Within its second, a plan made on tiny
-    ///   tables still met tables many times larger: as a nested loop it scanned the branch
-    ///   table once per decided transaction (40 ms decisions, and the slowdown fed itself).
-    ///   Without them, each statement reads a table at most once, through an index, and
-    ///   hash-joins what it read with the batch; with statistics that fit the tables, the
-    ///   index is the primary key, looked up by the batch's gids (`gid = ANY(…)`).
+    /// - It is dropped (`DISCARD PLANS`) when a connection is acquired after spending the
+    ///   turn of a second idle, and on every [`REPLAN_EVERY`]th acquire. Made once and
+    ///   kept, a plan made while the tables were young and looked tiny went on scanning
+    ///   them whole (about 1,000 transactions/s instead of 2,500) until an ANALYZE
+    ///   invalidated it.
+    /// - Nested loops and sequential scans are off. Before it was dropped, a plan made on
+    ///   tiny tables still met tables many times larger: as a nested loop it scanned the
+    ///   branch table once per decided transaction (40 ms decisions, and the slowdown fed
+    ///   itself). Without them, each statement reads a table at most once, through an
+    ///   index, and hash-joins what it read with the batch; with statistics that fit the
+    ///   tables, the index is the primary key, looked up by the batch's gids.
     pub async fn connect(
         self,
         url: &str,
@@ -235,43 +245,51 @@ impl Dialect {
                         Ok(())
                     })
                 }),
-                Sessions::Batches { durable } => pool
-                    .test_before_acquire(false)
-                    .after_connect(move |conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(
-                                "SET plan_cache_mode TO force_generic_plan; \
+                Sessions::Batches { durable } => {
+                    let acquires = Arc::new(AtomicU64::new(0));
+                    pool.test_before_acquire(false)
+                        .after_connect(move |conn, _meta| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "SET plan_cache_mode TO force_generic_plan; \
                                  SET enable_nestloop TO off; SET enable_seqscan TO off",
-                            )
-                            .await?;
-                            if !durable {
-                                conn.execute("SET synchronous_commit TO off").await?;
-                            }
-                            Ok(())
+                                )
+                                .await?;
+                                if !durable {
+                                    conn.execute("SET synchronous_commit TO off").await?;
+                                }
+                                Ok(())
+                            })
                         })
-                    })
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if new_second(meta.age, meta.idle_for) {
-                                conn.execute("DISCARD PLANS").await?;
-                            }
-                            Ok(true)
+                        .before_acquire(move |conn, meta| {
+                            let nth = acquires.fetch_add(1, Ordering::Relaxed);
+                            Box::pin(async move {
+                                if new_second(meta.age, meta.idle_for)
+                                    || nth.is_multiple_of(REPLAN_EVERY)
+                                {
+                                    conn.execute("DISCARD PLANS").await?;
+                                }
+                                Ok(true)
+                            })
                         })
-                    }),
+                }
             },
         };
         Ok(pool.connect_with(options).await?)
     }
 }
 
+/// A batch pool also drops the plans of the connection it hands out every this many
+/// acquires. Under load a connection may be in use at every turn of a second, so
+/// [`new_second`] alone could leave its plans for long, while the tables grow fastest. A
+/// prime, so that connections taken in a fixed rotation each get their turn.
+const REPLAN_EVERY: u64 = 251;
+
 /// Whether a connection of `age`, idle for `idle_for`, has entered a new second of its life
-/// since it was last released: then a batch pool drops its plans. That statement also
-/// stands in for sqlx's ping before every acquire, a round trip per batch: a connection
-/// idle for a second or more is checked by it; one used within the last second is known to
-/// have worked then, and if it broke since, its batch fails and is answered as failed.
-/// A connection busy across a second's turn is caught at the next turn it spends idle;
-/// every batch releases its connection when done, and the batch pools have at least one
-/// connection for each kind of batch, so their connections take turns idling.
+/// while idle: then a batch pool drops its plans. That statement also stands in for sqlx's
+/// ping before every acquire, a round trip per batch: a connection idle for a second or
+/// more is checked by it; one used within the last second is known to have worked then, and
+/// if it broke since, its batch fails and is answered as failed.
 fn new_second(age: Duration, idle_for: Duration) -> bool {
     age.saturating_sub(idle_for).as_secs() != age.as_secs()
 }
