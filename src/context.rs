@@ -1,18 +1,14 @@
-//! Context propagation: the metadata keys every coordinator → participant call carries, and
-//! a tower layer that puts them into the tracing span of the request on the participant
-//! server, so every log line of a call names its gid, branch and op.
+//! Context propagation: the metadata keys every coordinator → participant call carries
+//! (the protocol's, from `settle_proto::metadata`), and a tower layer that puts them into
+//! the tracing span of the request on the participant server, so every log line of a call
+//! names its gid, branch and op.
 
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 use tracing::{Instrument, instrument::Instrumented};
 
-/// Metadata key holding the global transaction id.
-pub const GID: &str = "settle-gid";
-/// Metadata key holding the branch id.
-pub const BRANCH_ID: &str = "settle-branch-id";
-/// Metadata key holding the operation (`try`, `confirm`, `cancel`, `execute`, `compensate`).
-pub const OP: &str = "settle-op";
+pub use settle_proto::metadata::{BRANCH_ID, GID, OP};
 
 /// Adds a `settle` span with gid, branch id and op to every request.
 #[derive(Debug, Clone, Copy, Default)]

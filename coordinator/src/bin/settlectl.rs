@@ -10,8 +10,10 @@ use std::{collections::BTreeMap, io::Write, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use settle_coordinator::grpc::ACTOR_HEADER;
-use settle_proto::v1::{self as pb, admin_client::AdminClient};
+use settle_proto::{
+    metadata,
+    v1::{self as pb, admin_client::AdminClient},
+};
 use tonic::{
     Code, Request,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -309,10 +311,10 @@ impl Client {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
         if let Some(authorization) = &self.authorization {
-            metadata.insert("authorization", authorization.clone());
+            metadata.insert(metadata::AUTHORIZATION, authorization.clone());
         }
         if let Some(actor) = &self.actor {
-            metadata.insert(ACTOR_HEADER, actor.clone());
+            metadata.insert(metadata::ACTOR, actor.clone());
         }
         request
     }

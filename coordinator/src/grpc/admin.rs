@@ -8,16 +8,16 @@
 
 use std::sync::Arc;
 
-use settle_proto::v1::{self as pb, admin_server};
+use settle_proto::{
+    metadata,
+    v1::{self as pb, admin_server},
+};
 use tonic::{Request, Response, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
     admin::{self, Admin, DEFAULT_ACTOR, ListQuery, Outcome},
     model::Status as TxStatus,
 };
-
-/// The header naming the operator, recorded in the audit trail.
-pub const ACTOR_HEADER: &str = "x-settle-actor";
 
 impl From<admin::Error> for Status {
     fn from(error: admin::Error) -> Status {
@@ -64,7 +64,7 @@ impl Interceptor for AdminAuth {
         };
         let presented = request
             .metadata()
-            .get("authorization")
+            .get(metadata::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(bearer);
         match presented {
@@ -99,11 +99,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn actor(metadata: &MetadataMap) -> Result<String, Status> {
-    match metadata.get(ACTOR_HEADER) {
+    match metadata.get(metadata::ACTOR) {
         None => Ok(DEFAULT_ACTOR.to_owned()),
         Some(value) => {
             let actor = value.to_str().map_err(|_| {
-                Status::invalid_argument(format!("{ACTOR_HEADER} must be printable ASCII"))
+                Status::invalid_argument(format!("{} must be printable ASCII", metadata::ACTOR))
             })?;
             let actor = actor.trim();
             Ok(if actor.is_empty() {
@@ -293,7 +293,9 @@ mod tests {
         let mut request = Request::new(());
         if let Some(value) = authorization {
             let value = value.parse().map_err(|_| tonic::Code::Internal)?;
-            request.metadata_mut().insert("authorization", value);
+            request
+                .metadata_mut()
+                .insert(metadata::AUTHORIZATION, value);
         }
         auth.call(request).map(|_| ()).map_err(|s| s.code())
     }

@@ -6,7 +6,7 @@
 mod admin;
 mod coordinator;
 
-pub use admin::{ACTOR_HEADER, AdminAuth, AdminService};
+pub use admin::{AdminAuth, AdminService};
 pub use coordinator::CoordinatorService;
 
 use tonic::Status;
