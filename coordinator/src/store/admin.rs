@@ -11,40 +11,45 @@
 
 use sqlx::{Any, Row};
 
-use super::{Dialect, Lease, Result, Store, branch_from_row, tx_from_row};
+use super::{
+    Lease, Result, Store, rows,
+    sql::{
+        driven, due_when_free, lease_free, statements, take_lease, trying, tx_columns, unfinished,
+    },
+};
 use crate::model::{Branch, GlobalTx, Status};
 
+/// A listing's filters ($1–$11); the keyset condition and the order follow.
+macro_rules! list_where {
+    () => {
+        concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM global_tx \
+             WHERE global_tx.status IN ($1, $2, $3, $4, $5, $6, $7) \
+                 AND ($8 = 0 OR (global_tx.needs_attention = 1 AND ",
+            unfinished!(),
+            ")) \
+                 AND ($9 = 0 OR global_tx.created_at <= {now} - $9) \
+                 AND ($10 = '' OR EXISTS (SELECT 1 FROM branch \
+                                          WHERE branch.gid = global_tx.gid \
+                                              AND branch.participant = $10)) \
+                 AND global_tx.labels LIKE $11 ESCAPE '!' "
+        )
+    };
+}
+
 statements! {
-    list_newest = "SELECT gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                       branch_count, labels, reason, needs_attention, paused, decided_at, \
-                       created_at, updated_at \
-                   FROM global_tx \
-                   WHERE status IN ($1, $2, $3, $4, $5, $6, $7) \
-                       AND ($8 = 0 OR (needs_attention = 1 \
-                                       AND status NOT IN ('COMMITTED', 'ABORTED'))) \
-                       AND ($9 = 0 OR created_at <= {now} - $9) \
-                       AND ($10 = '' OR EXISTS (SELECT 1 FROM branch \
-                                                WHERE branch.gid = global_tx.gid \
-                                                    AND branch.participant = $10)) \
-                       AND labels LIKE $11 ESCAPE '!' \
-                       AND (created_at < $12 OR (created_at = $12 AND gid < $13)) \
-                   ORDER BY created_at DESC, gid DESC \
-                   LIMIT $14";
-    list_oldest = "SELECT gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                       branch_count, labels, reason, needs_attention, paused, decided_at, \
-                       created_at, updated_at \
-                   FROM global_tx \
-                   WHERE status IN ($1, $2, $3, $4, $5, $6, $7) \
-                       AND ($8 = 0 OR (needs_attention = 1 \
-                                       AND status NOT IN ('COMMITTED', 'ABORTED'))) \
-                       AND ($9 = 0 OR created_at <= {now} - $9) \
-                       AND ($10 = '' OR EXISTS (SELECT 1 FROM branch \
-                                                WHERE branch.gid = global_tx.gid \
-                                                    AND branch.participant = $10)) \
-                       AND labels LIKE $11 ESCAPE '!' \
-                       AND (created_at > $12 OR (created_at = $12 AND gid > $13)) \
-                   ORDER BY created_at, gid \
-                   LIMIT $14";
+    list_newest = concat!(
+        list_where!(),
+        "AND (created_at < $12 OR (created_at = $12 AND gid < $13)) \
+         ORDER BY created_at DESC, gid DESC LIMIT $14"
+    );
+    list_oldest = concat!(
+        list_where!(),
+        "AND (created_at > $12 OR (created_at = $12 AND gid > $13)) \
+         ORDER BY created_at, gid LIMIT $14"
+    );
     branches_without_payload = "SELECT gid, branch_id, participant, action, \
                                     substr(payload, 1, 0) AS payload, status, attempts, \
                                     last_error, next_attempt_at \
@@ -52,58 +57,55 @@ statements! {
     audit = "SELECT at, actor, action, note FROM audit WHERE gid = $1 ORDER BY id";
     insert_audit = "INSERT INTO audit (gid, at, actor, action, note) \
                     VALUES ($1, {now}, $2, $3, $4)";
-    claim_for_retry = "UPDATE global_tx SET owner = $2, version = version + 1, \
-                           lease_until = {now} + $3, next_attempt_at = {now} + $3, \
-                           updated_at = {now} \
-                       WHERE gid = $1 \
-                           AND status IN ('COMMITTING', 'ABORTING', 'RUNNING', 'COMPENSATING') \
-                           AND paused = 0 AND (owner IS NULL OR lease_until <= {now}) \
-                       RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, \
-                           version, branch_count, labels, reason, needs_attention, paused, \
-                           decided_at, created_at, updated_at";
-    force_abort = "UPDATE global_tx SET status = 'ABORTING', owner = $2, version = version + 1, \
-                       lease_until = {now} + $3, next_attempt_at = {now} + $3, \
-                       decided_at = {now}, reason = $4, updated_at = {now} \
-                   WHERE gid = $1 AND status = 'TRYING' \
-                   RETURNING version";
-    pause = "UPDATE global_tx SET paused = 1, next_attempt_at = NULL, updated_at = {now} \
-             WHERE gid = $1 AND paused = 0 \
-                 AND status IN ('COMMITTING', 'ABORTING', 'RUNNING', 'COMPENSATING') \
-             RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                 branch_count, labels, reason, needs_attention, paused, decided_at, \
-                 created_at, updated_at";
-    resume = "UPDATE global_tx SET paused = 0, updated_at = {now}, \
-                  next_attempt_at = CASE \
-                      WHEN status IN ('COMMITTED', 'ABORTED') THEN NULL \
-                      WHEN owner IS NOT NULL AND lease_until > {now} THEN lease_until \
-                      ELSE {now} END \
-              WHERE gid = $1 AND paused = 1 \
-              RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                  branch_count, labels, reason, needs_attention, paused, decided_at, \
-                  created_at, updated_at";
-    resolve_branch = "UPDATE branch SET status = 'RESOLVED', next_attempt_at = NULL, \
-                          updated_at = {now} \
-                      WHERE gid = $1 AND branch_id = $2 \
-                          AND EXISTS (SELECT 1 FROM global_tx \
-                                      WHERE global_tx.gid = $1 \
-                                          AND (global_tx.owner IS NULL \
-                                               OR global_tx.lease_until <= {now}) \
-                                          AND (branch.status = 'PENDING' \
-                                                   AND global_tx.status IN ('COMMITTING', \
-                                                       'ABORTING', 'RUNNING', 'COMPENSATING') \
-                                               OR branch.status = 'EXECUTED' \
-                                                   AND global_tx.status = 'COMPENSATING'))";
-    make_due = "UPDATE global_tx SET updated_at = {now}, \
-                    next_attempt_at = CASE \
-                        WHEN paused = 1 THEN NULL \
-                        WHEN owner IS NOT NULL AND lease_until > {now} THEN lease_until \
-                        ELSE {now} END \
-                WHERE gid = $1";
+    claim_for_retry = concat!(
+        "UPDATE global_tx SET ", take_lease!("$2", "$3"), ", updated_at = {now} \
+         WHERE global_tx.gid = $1 AND ", driven!(), " AND global_tx.paused = 0 \
+             AND ", lease_free!(), " \
+         RETURNING ", tx_columns!()
+    );
+    force_abort = concat!(
+        "UPDATE global_tx SET status = 'ABORTING', ", take_lease!("$2", "$3"), ", \
+             decided_at = {now}, reason = $4, updated_at = {now} \
+         WHERE global_tx.gid = $1 AND ", trying!(), " \
+         RETURNING version"
+    );
+    pause = concat!(
+        "UPDATE global_tx SET paused = 1, next_attempt_at = NULL, updated_at = {now} \
+         WHERE global_tx.gid = $1 AND global_tx.paused = 0 AND ", driven!(), " \
+         RETURNING ", tx_columns!()
+    );
+    resume = concat!(
+        "UPDATE global_tx SET paused = 0, updated_at = {now}, \
+             next_attempt_at = CASE \
+                 WHEN global_tx.status IN ('COMMITTED', 'ABORTED') THEN NULL \
+                 WHEN global_tx.owner IS NOT NULL AND global_tx.lease_until > {now} \
+                     THEN global_tx.lease_until \
+                 ELSE {now} END \
+         WHERE global_tx.gid = $1 AND global_tx.paused = 1 \
+         RETURNING ", tx_columns!()
+    );
+    resolve_branch = concat!(
+        "UPDATE branch SET status = 'RESOLVED', next_attempt_at = NULL, updated_at = {now} \
+         WHERE branch.gid = $1 AND branch.branch_id = $2 \
+             AND EXISTS (SELECT 1 FROM global_tx \
+                         WHERE global_tx.gid = $1 AND ", lease_free!(), " \
+                             AND (branch.status = 'PENDING' AND ", driven!(), " \
+                                  OR branch.status = 'EXECUTED' \
+                                      AND global_tx.status = 'COMPENSATING'))"
+    );
+    make_due = concat!(
+        "UPDATE global_tx SET updated_at = {now}, next_attempt_at = ", due_when_free!(), " \
+         WHERE global_tx.gid = $1"
+    );
     count_by_status = "SELECT status, COUNT(*) AS n FROM global_tx GROUP BY status";
-    count_attention = "SELECT COUNT(*) FROM global_tx \
-                       WHERE needs_attention = 1 AND status NOT IN ('COMMITTED', 'ABORTED')";
-    oldest_unfinished = "SELECT {now} - MIN(created_at) FROM global_tx \
-                         WHERE status NOT IN ('COMMITTED', 'ABORTED')";
+    count_attention = concat!(
+        "SELECT COUNT(*) FROM global_tx WHERE global_tx.needs_attention = 1 AND ",
+        unfinished!()
+    );
+    oldest_unfinished = concat!(
+        "SELECT {now} - MIN(created_at) FROM global_tx WHERE ",
+        unfinished!()
+    );
 }
 
 /// Which transactions a listing returns. Every filter that is set must match.
@@ -235,7 +237,7 @@ impl Store {
                 .await?;
             let fetched = rows.len();
             for row in &rows {
-                let tx = tx_from_row(row)?;
+                let tx = rows::tx(row)?;
                 cursor = Cursor {
                     created_at: tx.created_at,
                     gid: tx.gid.clone(),
@@ -262,7 +264,7 @@ impl Store {
             .bind(gid)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(branch_from_row).collect()
+        rows.iter().map(rows::branch).collect()
     }
 
     /// A transaction's audit trail, oldest first.
@@ -320,7 +322,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let claimed = tx_from_row(&row)?;
+        let claimed = rows::tx(&row)?;
         self.write_audit(&mut tx, gid, record).await?;
         tx.commit().await?;
         Ok(Some(claimed))
@@ -387,7 +389,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let changed = tx_from_row(&row)?;
+        let changed = rows::tx(&row)?;
         self.write_audit(&mut tx, gid, record).await?;
         tx.commit().await?;
         Ok(Some(changed))
@@ -432,9 +434,7 @@ impl Store {
             .await?;
         let mut by_status = Vec::with_capacity(rows.len());
         for row in &rows {
-            let status: String = row.try_get("status")?;
-            let status = Status::parse(&status).ok_or_else(|| super::corrupt("status", &status))?;
-            by_status.push((status, row.try_get("n")?));
+            by_status.push((rows::status(row)?, row.try_get("n")?));
         }
         let needs_attention: i64 = sqlx::query_scalar(sql.count_attention)
             .fetch_one(&self.pool)

@@ -1,41 +1,15 @@
 //! Every difference between the SQLite and PostgreSQL SQL the store issues, in one place:
 //! the clock expression, how a write transaction starts, row locking for claims, whether a
-//! statement may write in its WITH clause, connection set-up and URL handling. The
-//! statements themselves live in `store/mod.rs` and its submodules and are written once,
-//! with `{now}` standing for the clock, `{skip_locked}` for claim locking,
-//! `{json $N: col TYPE, …}` for a table of rows sent as one JSON array parameter (how a
-//! batch of many requests travels in one statement, see `store/batches.rs`) and
-//! `{in_ids $N}` for membership in those rows' ids. (Where PostgreSQL can write a batch in
-//! one statement, `store/batches.rs` picks that statement or SQLite's transaction of several
-//! by [`Dialect::writable_cte`].)
-
-use std::{
-    str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
-
-use sqlx::{
-    Executor,
-    any::{AnyConnectOptions, AnyPoolOptions},
-};
+//! statement may write in its WITH clause, and URL handling. The statements themselves are
+//! written once, in the store's modules, with `{now}` standing for the clock,
+//! `{skip_locked}` for claim locking, `{json $N: col TYPE, …}` for a table of rows sent as
+//! one JSON array parameter (how a batch of many requests travels in one statement, see
+//! `store/batch/`) and `{in_ids $N}` for membership in those rows' ids.
+//!
+//! How connections are opened and their sessions set up is `store/pool.rs`; the rules the
+//! statements apply are `store/sql.rs`.
 
 use super::Error;
-
-/// What the sessions of a pool are for; see [`Dialect::connect`] for why they differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sessions {
-    /// Any statement.
-    General,
-    /// Only the batch writes and a round's record, every statement keyed by gid. Not
-    /// `durable`: commits without waiting for the WAL flush (`synchronous_commit = off`),
-    /// for writes that a crash may lose because they are redone from what is durable (see
-    /// `Store::record_round`).
-    Batches { durable: bool },
-}
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,7 +85,7 @@ impl Dialect {
     /// the lookup can use the table's primary key. (Joined on its own, PostgreSQL plans a
     /// JSON row source as 100 rows and, before the first ANALYZE of a young table, scans
     /// the whole table to hash-join them.) PostgreSQL counts the array as ten ids whatever
-    /// its length, so another index that looks cheaper can still win; `store/batches.rs`
+    /// its length, so another index that looks cheaper can still win; `store/batch/writes.rs`
     /// keeps the partial due-work index out of reach where that happened.
     fn in_ids(self, param: &str) -> String {
         let param = param.trim();
@@ -185,113 +159,6 @@ impl Dialect {
             }
         }
     }
-
-    /// Opens a pool. SQLite files are created when missing and run in WAL mode with
-    /// `synchronous=NORMAL` (durable across process crashes; the last commits may be lost
-    /// only on power loss); `sessions` matters to PostgreSQL only.
-    ///
-    /// How PostgreSQL plans is the point of [`Sessions`]. A general pool plans every
-    /// statement for its actual parameters (`plan_cache_mode = force_custom_plan`): the due
-    /// scans and the admin's filters have parameters whose values change the best plan.
-    ///
-    /// A batch pool uses generic plans, which saves planning each batch: that cost more
-    /// than running it (at 8 concurrent transactions, 0.12–0.23 ms against 0.11–0.15 ms
-    /// per statement). Two things keep a generic plan from going wrong as the tables grow:
-    /// - It is dropped (`DISCARD PLANS`) when a connection is acquired after spending the
-    ///   turn of a second idle, and on every [`REPLAN_EVERY`]th acquire. Made once and
-    ///   kept, a plan made while the tables were young and looked tiny went on scanning
-    ///   them whole (about 1,000 transactions/s instead of 2,500) until an ANALYZE
-    ///   invalidated it.
-    /// - Nested loops and sequential scans are off. Before it was dropped, a plan made on
-    ///   tiny tables still met tables many times larger: as a nested loop it scanned the
-    ///   branch table once per decided transaction (40 ms decisions, and the slowdown fed
-    ///   itself). Without them, each statement reads a table at most once, through an
-    ///   index, and hash-joins what it read with the batch; with statistics that fit the
-    ///   tables, the index is the primary key, looked up by the batch's gids.
-    pub async fn connect(
-        self,
-        url: &str,
-        max_connections: u32,
-        sessions: Sessions,
-    ) -> Result<sqlx::AnyPool, Error> {
-        sqlx::any::install_default_drivers();
-        let url = match self {
-            Dialect::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
-            }
-            _ => url.to_owned(),
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10));
-        let pool = match self {
-            Dialect::Sqlite => pool.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            }),
-            Dialect::Postgres => match sessions {
-                Sessions::General => pool.after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute("SET plan_cache_mode TO force_custom_plan")
-                            .await?;
-                        Ok(())
-                    })
-                }),
-                Sessions::Batches { durable } => {
-                    let acquires = Arc::new(AtomicU64::new(0));
-                    pool.test_before_acquire(false)
-                        .after_connect(move |conn, _meta| {
-                            Box::pin(async move {
-                                conn.execute(
-                                    "SET plan_cache_mode TO force_generic_plan; \
-                                 SET enable_nestloop TO off; SET enable_seqscan TO off",
-                                )
-                                .await?;
-                                if !durable {
-                                    conn.execute("SET synchronous_commit TO off").await?;
-                                }
-                                Ok(())
-                            })
-                        })
-                        .before_acquire(move |conn, meta| {
-                            let nth = acquires.fetch_add(1, Ordering::Relaxed);
-                            Box::pin(async move {
-                                if new_second(meta.age, meta.idle_for)
-                                    || nth.is_multiple_of(REPLAN_EVERY)
-                                {
-                                    conn.execute("DISCARD PLANS").await?;
-                                }
-                                Ok(true)
-                            })
-                        })
-                }
-            },
-        };
-        Ok(pool.connect_with(options).await?)
-    }
-}
-
-/// A batch pool also drops the plans of the connection it hands out every this many
-/// acquires. Under load a connection may be in use at every turn of a second, so
-/// [`new_second`] alone could leave its plans for long, while the tables grow fastest. A
-/// prime, so that connections taken in a fixed rotation each get their turn.
-const REPLAN_EVERY: u64 = 251;
-
-/// Whether a connection of `age`, idle for `idle_for`, has entered a new second of its life
-/// while idle: then a batch pool drops its plans. That statement also stands in for sqlx's
-/// ping before every acquire, a round trip per batch: a connection idle for a second or
-/// more is checked by it; one used within the last second is known to have worked then, and
-/// if it broke since, its batch fails and is answered as failed.
-fn new_second(age: Duration, idle_for: Duration) -> bool {
-    age.saturating_sub(idle_for).as_secs() != age.as_secs()
 }
 
 /// A URL fit for logs and errors: the password, if any, replaced.
@@ -325,16 +192,6 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://settle.db"), "sqlite://settle.db");
-    }
-
-    #[test]
-    fn batch_connections_drop_plans_once_a_second() {
-        let ms = Duration::from_millis;
-        assert!(!new_second(ms(1_500), ms(400)));
-        assert!(new_second(ms(2_100), ms(200)));
-        assert!(new_second(ms(5_000), ms(3_000)));
-        assert!(!new_second(ms(999), ms(999)));
-        assert!(new_second(ms(1_000), ms(1)));
     }
 
     #[test]

@@ -1,25 +1,41 @@
 //! The coordinator's durable log: global transactions, branches, participants and the
 //! audit trail, in SQLite (embedded default) or PostgreSQL (production).
 //!
-//! `Store` owns every SQL statement the coordinator issues and every compare-and-set that
-//! makes a transition safe: Begin, branch registration, the commit/abort decision, recording
-//! the outcome of a phase-two round under the owner/version fence, and claiming due work.
-//! Statements are written once; the few dialect differences live in [`dialect`]. Time is
+//! `Store` is what the engine, sagas, the admin and recovery see: the domain types of a
+//! write's request and answer, and one method per thing the log does (Begin, register a
+//! branch, decide, record a round, claim due work, and so on). Each transition is a
+//! compare-and-set whose rule is written once, in [`sql`], and applied in the database by
+//! one statement, so that two coordinators sharing the log cannot both win it. Time is
 //! always the database's own (`{now}` in the templates), never the caller's.
+//!
+//! The layout: [`tcc`] writes TCC requests one at a time; [`batch`] writes them in groups,
+//! the optional optimisation that is on by default ([`Options::group_commit`]); `saga`,
+//! `admin` and `retention` hold the other writes; [`dialect`] the SQL differences, [`pool`]
+//! the connections, [`rows`] the conversions.
 //!
 //! The store does not decide what to do next or call participants; that is the engine's job.
 
+mod admin;
+mod batch;
 mod dialect;
+mod pool;
+mod retention;
+mod rows;
+pub mod saga;
+mod sql;
+mod tcc;
 
 use std::collections::BTreeMap;
 
-use sqlx::{Any, AnyPool, Row, any::AnyRow};
+use sqlx::{Any, AnyPool, Row};
 
-use batches::{Begins, Decision, Decisions, Finished, NewTx, Registration, Registrations, Rounds};
-use group::Group;
+use batch::Batches;
+use sql::{branch_columns, statements, take_lease, tx_columns, unfinished, unless_paused};
+use tcc::{Decision, Finished, NewTx, Registration};
 
-use dialect::Sessions;
+pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
 pub use dialect::{Dialect, redact};
+pub use pool::Sessions;
 
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 
@@ -54,66 +70,24 @@ pub enum Error {
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
-macro_rules! statements {
-    ($($name:ident = $sql:expr;)*) => {
-        /// Every statement, rendered for one dialect.
-        struct Sql { $($name: &'static str,)* }
-
-        impl Sql {
-            fn for_dialect(dialect: Dialect) -> &'static Sql {
-                static SQLITE: std::sync::OnceLock<Sql> = std::sync::OnceLock::new();
-                static POSTGRES: std::sync::OnceLock<Sql> = std::sync::OnceLock::new();
-                let cell = match dialect {
-                    Dialect::Sqlite => &SQLITE,
-                    Dialect::Postgres => &POSTGRES,
-                };
-                cell.get_or_init(|| Sql { $($name: dialect.render($sql),)* })
-            }
-        }
-    };
-}
-
 statements! {
-    get = "SELECT gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-               branch_count, labels, reason, needs_attention, paused, decided_at, \
-               created_at, updated_at \
-           FROM global_tx WHERE gid = $1";
-    branches = "SELECT gid, branch_id, participant, action, payload, status, attempts, \
-                    last_error, next_attempt_at \
-                FROM branch WHERE gid = $1 ORDER BY branch_id";
-    take_branch_slot = "UPDATE global_tx SET branch_count = branch_count + 1, updated_at = {now} \
-                        WHERE gid = $1 AND status = 'TRYING' AND deadline > {now} \
-                            AND branch_count < $2 \
-                        RETURNING branch_count";
-    insert_branch = "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
-                         created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'PENDING', {now}, {now})";
-    branch_done = "UPDATE branch SET status = $3, updated_at = {now}, next_attempt_at = NULL \
-                   WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
-    branch_failed = "UPDATE branch SET attempts = attempts + 1, last_error = $3, \
-                         next_attempt_at = {now} + $4, updated_at = {now} \
-                     WHERE gid = $1 AND branch_id = $2 AND status = 'PENDING'";
-    reschedule = "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
-                      next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $4 END, \
-                      updated_at = {now}, \
-                      needs_attention = CASE \
-                          WHEN attempts + 1 >= $5 OR {now} - COALESCE(decided_at, created_at) >= $6 \
-                          THEN 1 ELSE needs_attention END \
-                  WHERE gid = $1 AND owner = $2 AND version = $3 \
-                  RETURNING attempts, needs_attention";
-    claim_due = "UPDATE global_tx SET owner = $1, version = version + 1, \
-                     lease_until = {now} + $2, next_attempt_at = {now} + $2, updated_at = {now} \
-                 WHERE gid IN (SELECT gid FROM global_tx \
-                               WHERE status NOT IN ('COMMITTED', 'ABORTED') \
-                                   AND next_attempt_at <= {now} \
-                               ORDER BY next_attempt_at LIMIT $3 {skip_locked}) \
-                     AND status NOT IN ('COMMITTED', 'ABORTED') AND next_attempt_at <= {now} \
-                 RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, \
-                     version, branch_count, labels, reason, needs_attention, paused, \
-                     decided_at, created_at, updated_at";
-    release = "UPDATE global_tx SET owner = NULL, lease_until = NULL, updated_at = {now}, \
-                   next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} END \
-               WHERE owner = $1 AND status NOT IN ('COMMITTED', 'ABORTED')";
+    get = concat!("SELECT ", tx_columns!(), " FROM global_tx WHERE gid = $1");
+    branches = concat!(
+        "SELECT ", branch_columns!(), " FROM branch WHERE gid = $1 ORDER BY branch_id"
+    );
+    claim_due = concat!(
+        "UPDATE global_tx SET ", take_lease!("$1", "$2"), ", updated_at = {now} \
+         WHERE gid IN (SELECT gid FROM global_tx \
+                       WHERE ", unfinished!(), " AND global_tx.next_attempt_at <= {now} \
+                       ORDER BY next_attempt_at LIMIT $3 {skip_locked}) \
+             AND ", unfinished!(), " AND global_tx.next_attempt_at <= {now} \
+         RETURNING ", tx_columns!()
+    );
+    release = concat!(
+        "UPDATE global_tx SET owner = NULL, lease_until = NULL, updated_at = {now}, \
+             next_attempt_at = ", unless_paused!("{now}"), " \
+         WHERE global_tx.owner = $1 AND ", unfinished!()
+    );
     upsert_participant = "INSERT INTO participant (name, endpoint, updated_at) \
                           VALUES ($1, $2, {now}) \
                           ON CONFLICT (name) DO UPDATE \
@@ -122,21 +96,16 @@ statements! {
     now = "SELECT {now}";
 }
 
-// Declared after `statements!` so that the saga statements can use it.
-pub mod saga;
-
-// Declared after `statements!` so that the admin statements can use it.
-mod admin;
-
-// Declared after `statements!` so that the retention statements can use it.
-mod retention;
-
-// Declared after `statements!` so that the batched statements can use it.
-mod batches;
-
-mod group;
-
-pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// PostgreSQL's general pool size; round records get half as many more and the durable
+    /// batches three. SQLite always uses one connection.
+    pub max_connections: u32,
+    /// Whether concurrent TCC writes share a commit ([`batch`]); off, each is its own
+    /// database transaction ([`tcc`]). The rules and the answers are the same.
+    pub group_commit: bool,
+}
 
 /// A branch registered together with its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,46 +212,41 @@ pub struct Store {
     relaxed: AnyPool,
     /// The durable batches' connections (PostgreSQL: a third pool, one connection for each
     /// kind of batch; SQLite: the same pool).
-    batches: AnyPool,
+    durable_batches: AnyPool,
     dialect: Dialect,
     sql: &'static Sql,
-    begins: Group<Begins>,
-    registrations: Group<Registrations>,
-    decisions: Group<Decisions>,
-    rounds: Group<Rounds>,
+    /// `None` when group commit is off.
+    batches: Option<Batches>,
 }
 
 /// One connection for each kind of durable batch: each kind runs one batch at a time.
 const BATCH_CONNECTIONS: u32 = 3;
 
-/// The most requests one batch carries.
-const MAX_BATCH: usize = 128;
-
-impl std::fmt::Debug for Sql {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sql")
-    }
-}
-
 impl Store {
-    /// Connects (creating a SQLite file if missing), applies pending migrations and starts
-    /// the group-commit tasks on the current runtime.
+    /// [`Store::open_with`] group commit on.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
+        let options = Options {
+            max_connections,
+            group_commit: true,
+        };
+        Store::open_with(url, options).await
+    }
+
+    /// Connects (creating a SQLite file if missing), applies pending migrations and, with
+    /// group commit, starts its tasks on the current runtime.
     ///
     /// PostgreSQL gets a pool of `max_connections` for general queries, half as many for
     /// round records and [`BATCH_CONNECTIONS`] for the durable batches (their sessions are
-    /// set up differently, see [`Dialect::connect`]). SQLite gets one connection whatever
+    /// set up differently, see [`Sessions`]). SQLite gets one connection whatever
     /// `max_connections` says: it admits one writer at a time, and more connections only
     /// wait on its lock (sleeping in `busy_timeout`) where a queue would hand over at once.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
+    pub async fn open_with(url: &str, options: Options) -> Result<Store> {
         let dialect = Dialect::from_url(url)?;
         let max_connections = match dialect {
             Dialect::Sqlite => 1,
-            Dialect::Postgres => max_connections.max(2),
+            Dialect::Postgres => options.max_connections.max(2),
         };
-        batches::render(dialect);
-        let pool = dialect
-            .connect(url, max_connections, Sessions::General)
-            .await?;
+        let pool = pool::connect(dialect, url, max_connections, Sessions::General).await?;
         match dialect {
             Dialect::Sqlite => {
                 sqlx::migrate!("../migrations/coordinator/sqlite")
@@ -295,55 +259,27 @@ impl Store {
                     .await?
             }
         }
-        let (batches, relaxed) = match dialect {
+        let (durable_batches, relaxed) = match dialect {
             Dialect::Sqlite => (pool.clone(), pool.clone()),
-            Dialect::Postgres => (
-                dialect
-                    .connect(url, BATCH_CONNECTIONS, Sessions::Batches { durable: true })
-                    .await?,
-                dialect
-                    .connect(
-                        url,
-                        (max_connections / 2).max(2),
-                        Sessions::Batches { durable: false },
-                    )
-                    .await?,
-            ),
+            Dialect::Postgres => {
+                let durable = Sessions::Batches { durable: true };
+                let relaxed = Sessions::Batches { durable: false };
+                (
+                    pool::connect(dialect, url, BATCH_CONNECTIONS, durable).await?,
+                    pool::connect(dialect, url, (max_connections / 2).max(2), relaxed).await?,
+                )
+            }
         };
+        let batches = options
+            .group_commit
+            .then(|| Batches::start(&durable_batches, &relaxed, dialect));
         Ok(Store {
-            begins: Group::start(
-                Begins {
-                    pool: batches.clone(),
-                    dialect,
-                },
-                MAX_BATCH,
-            ),
-            registrations: Group::start(
-                Registrations {
-                    pool: batches.clone(),
-                    dialect,
-                },
-                MAX_BATCH,
-            ),
-            decisions: Group::start(
-                Decisions {
-                    pool: batches.clone(),
-                    dialect,
-                },
-                MAX_BATCH,
-            ),
-            rounds: Group::start(
-                Rounds {
-                    pool: relaxed.clone(),
-                    dialect,
-                },
-                MAX_BATCH,
-            ),
             pool,
-            batches,
             relaxed,
+            durable_batches,
             dialect,
             sql: Sql::for_dialect(dialect),
+            batches,
         })
     }
 
@@ -355,7 +291,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.relaxed.close().await;
-        self.batches.close().await;
+        self.durable_batches.close().await;
         self.pool.close().await;
     }
 
@@ -373,7 +309,7 @@ impl Store {
     /// Inserts a TRYING transaction together with its first branches (ids 1, 2, …), in
     /// one database transaction, or returns the existing one with the same gid (and adds
     /// nothing). The boolean is true when this call created it. Concurrent Begins share
-    /// one commit (see [`group`]).
+    /// one commit (see [`batch`]).
     pub async fn begin(
         &self,
         gid: &str,
@@ -385,26 +321,27 @@ impl Store {
     ) -> Result<(GlobalTx, bool)> {
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
-        let created = self
-            .begins
-            .submit(NewTx {
-                gid: gid.to_owned(),
-                mode,
-                status,
-                timeout_ms,
-                labels,
-                branches: branches
-                    .iter()
-                    .map(|b| {
-                        (
-                            b.participant.to_owned(),
-                            b.action.to_owned(),
-                            b.payload.to_vec(),
-                        )
-                    })
-                    .collect(),
-            })
-            .await?;
+        let item = NewTx {
+            gid: gid.to_owned(),
+            mode,
+            status,
+            timeout_ms,
+            labels,
+            branches: branches
+                .iter()
+                .map(|b| {
+                    (
+                        b.participant.to_owned(),
+                        b.action.to_owned(),
+                        b.payload.to_vec(),
+                    )
+                })
+                .collect(),
+        };
+        let created = match &self.batches {
+            Some(batches) => batches.begin(item).await?,
+            None => self.begin_one(&item).await?,
+        };
         match created {
             Some(tx) => Ok((tx, true)),
             None => match self.get(gid).await? {
@@ -421,21 +358,21 @@ impl Store {
             .bind(gid)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(tx_from_row).transpose()
+        row.as_ref().map(rows::tx).transpose()
     }
 
     /// Reads a transaction's branches in registration order.
     pub async fn branches(&self, gid: &str) -> Result<Vec<Branch>> {
-        let rows = sqlx::query(self.sql.branches)
+        let found = sqlx::query(self.sql.branches)
             .bind(gid)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(branch_from_row).collect()
+        found.iter().map(rows::branch).collect()
     }
 
     /// Adds a branch if the transaction is TRYING, before its deadline and below
     /// `max_branches`, all checked in the same statement that takes the branch id.
-    /// Concurrent registrations share one commit (see [`group`]).
+    /// Concurrent registrations share one commit (see [`batch`]).
     pub async fn register_branch(
         &self,
         gid: &str,
@@ -444,56 +381,35 @@ impl Store {
         payload: &[u8],
         max_branches: i64,
     ) -> Result<Result<u32, RegisterRefusal>> {
-        let taken = self
-            .registrations
-            .submit(Registration {
-                gid: gid.to_owned(),
-                participant: participant.to_owned(),
-                action: action.to_owned(),
-                payload: payload.to_vec(),
-                max_branches,
-            })
-            .await?;
-        if let Some(branch_id) = taken {
+        let item = || Registration {
+            gid: gid.to_owned(),
+            participant: participant.to_owned(),
+            action: action.to_owned(),
+            payload: payload.to_vec(),
+            max_branches,
+        };
+        if let Some(batches) = &self.batches
+            && let Some(branch_id) = batches.register(item()).await?
+        {
             return Ok(Ok(branch_id));
         }
         // Not taken with the rest of its batch: alone, it may still fit, or the refusal
         // says why not.
-        let mut tx = self.write_tx().await?;
-        let slot: Option<i64> = sqlx::query_scalar(self.sql.take_branch_slot)
-            .bind(gid)
-            .bind(max_branches)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(branch_id) = slot else {
-            tx.rollback().await?;
-            return Ok(Err(match self.get(gid).await? {
-                None => RegisterRefusal::NotFound,
-                Some(found)
-                    if found.status == Status::Trying && found.branch_count >= max_branches =>
-                {
-                    RegisterRefusal::TooManyBranches(found.branch_count)
-                }
-                Some(found) => RegisterRefusal::State(found),
-            }));
-        };
-        sqlx::query(self.sql.insert_branch)
-            .bind(gid)
-            .bind(branch_id)
-            .bind(participant)
-            .bind(action)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let branch_id = u32::try_from(branch_id)
-            .map_err(|_| Error::Corrupt(format!("{gid}: branch id {branch_id} out of range")))?;
-        Ok(Ok(branch_id))
+        if let Some(branch_id) = self.register_one(&item()).await? {
+            return Ok(Ok(branch_id));
+        }
+        Ok(Err(match self.get(gid).await? {
+            None => RegisterRefusal::NotFound,
+            Some(found) if found.status == Status::Trying && found.branch_count >= max_branches => {
+                RegisterRefusal::TooManyBranches(found.branch_count)
+            }
+            Some(found) => RegisterRefusal::State(found),
+        }))
     }
 
     /// Decides commit: TRYING and before the deadline → COMMITTING, owned by `owner` for
     /// `lease_ms`. The deadline check is part of the compare-and-set. Concurrent decisions
-    /// share one commit (see [`group`]).
+    /// share one commit (see [`batch`]).
     pub async fn decide_commit(
         &self,
         gid: &str,
@@ -528,16 +444,17 @@ impl Store {
         // earlier request for the same gid that did not decide (a Commit past the
         // deadline): alone, it decides.
         for attempt in 0..2 {
-            let decided = self
-                .decisions
-                .submit(Decision {
-                    gid: gid.to_owned(),
-                    to,
-                    owner: owner.to_owned(),
-                    lease_ms,
-                    reason: reason.map(str::to_owned),
-                })
-                .await?;
+            let item = Decision {
+                gid: gid.to_owned(),
+                to,
+                owner: owner.to_owned(),
+                lease_ms,
+                reason: reason.map(str::to_owned),
+            };
+            let decided = match &self.batches {
+                Some(batches) => batches.decide(item).await?,
+                None => self.decide_one(&item).await?,
+            };
             if let Some(decided) = decided {
                 return Ok(Ok(decided));
             }
@@ -560,7 +477,7 @@ impl Store {
     /// even when the lease was lost. `seen` is how many branches the round read: the
     /// transaction finishes only if that is all it has, so a branch the round never called
     /// keeps it unfinished. A round in which every branch succeeded — the usual one —
-    /// shares its commit with other transactions' (see [`group`]).
+    /// shares its commit with other transactions' (see [`batch`]).
     ///
     /// This write does not wait for durability. The decision it follows is durable, and so
     /// is every participant's answer, in the participant's own database; if a crash loses
@@ -583,62 +500,26 @@ impl Store {
                 BranchOutcome::Failed { .. } => None,
             })
             .collect();
-        if let Some(done) = done {
-            let finished = self
-                .rounds
-                .submit(Finished {
-                    lease: lease.clone(),
-                    done,
-                    seen,
-                    status: final_status,
-                })
-                .await?;
-            return Ok(if finished {
-                RoundResult::Finished(final_status)
-            } else {
-                RoundResult::NotFinished
-            });
-        }
-        let mut tx = self.relaxed.begin_with(self.dialect.begin_write()).await?;
-        for (branch_id, outcome) in outcomes {
-            match outcome {
-                BranchOutcome::Done(status) => {
-                    sqlx::query(self.sql.branch_done)
-                        .bind(&lease.gid)
-                        .bind(i64::from(*branch_id))
-                        .bind(status.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                BranchOutcome::Failed { error, retry_in_ms } => {
-                    sqlx::query(self.sql.branch_failed)
-                        .bind(&lease.gid)
-                        .bind(i64::from(*branch_id))
-                        .bind(error.as_str())
-                        .bind(*retry_in_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        let row = sqlx::query(self.sql.reschedule)
-            .bind(&lease.gid)
-            .bind(&lease.owner)
-            .bind(lease.version)
-            .bind(retry_in_ms)
-            .bind(escalation.after_attempts)
-            .bind(escalation.after_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let result = match row {
-            Some(row) => RoundResult::Rescheduled {
-                attempts: row.try_get("attempts")?,
-                needs_attention: row.try_get::<i64, _>("needs_attention")? != 0,
-            },
-            None => RoundResult::LostLease,
+        let Some(done) = done else {
+            return self
+                .reschedule_one(lease, outcomes, retry_in_ms, escalation)
+                .await;
         };
-        tx.commit().await?;
-        Ok(result)
+        let item = Finished {
+            lease: lease.clone(),
+            done,
+            seen,
+            status: final_status,
+        };
+        let finished = match &self.batches {
+            Some(batches) => batches.finish(item).await?,
+            None => self.finish_one(&item).await?,
+        };
+        Ok(if finished {
+            RoundResult::Finished(final_status)
+        } else {
+            RoundResult::NotFinished
+        })
     }
 
     /// Claims up to `limit` due transactions for `owner`: unfinished, with
@@ -648,15 +529,15 @@ impl Store {
     /// A row this version cannot read (an unknown status written by a newer version, say)
     /// is logged and skipped, so it cannot hold up the rest of the batch.
     pub async fn claim_due(&self, owner: &str, lease_ms: i64, limit: i64) -> Result<Vec<GlobalTx>> {
-        let rows = sqlx::query(self.sql.claim_due)
+        let claimed = sqlx::query(self.sql.claim_due)
             .bind(owner)
             .bind(lease_ms)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
+        Ok(claimed
             .iter()
-            .filter_map(|row| match tx_from_row(row) {
+            .filter_map(|row| match rows::tx(row) {
                 Ok(tx) => Some(tx),
                 Err(error) => {
                     let gid: String = row.try_get("gid").unwrap_or_default();
@@ -694,50 +575,4 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?)
     }
-}
-
-fn corrupt(what: &str, value: &str) -> Error {
-    Error::Corrupt(format!("unknown {what} {value:?}"))
-}
-
-fn tx_from_row(row: &AnyRow) -> Result<GlobalTx> {
-    let mode: String = row.try_get("mode")?;
-    let status: String = row.try_get("status")?;
-    let labels: String = row.try_get("labels")?;
-    Ok(GlobalTx {
-        gid: row.try_get("gid")?,
-        mode: Mode::parse(&mode).ok_or_else(|| corrupt("mode", &mode))?,
-        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        deadline: row.try_get("deadline")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        attempts: row.try_get("attempts")?,
-        owner: row.try_get("owner")?,
-        version: row.try_get("version")?,
-        branch_count: row.try_get("branch_count")?,
-        labels: serde_json::from_str(&labels).map_err(|_| corrupt("labels", &labels))?,
-        reason: row.try_get("reason")?,
-        needs_attention: row.try_get::<i64, _>("needs_attention")? != 0,
-        paused: row.try_get::<i64, _>("paused")? != 0,
-        decided_at: row.try_get("decided_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn branch_from_row(row: &AnyRow) -> Result<Branch> {
-    let status: String = row.try_get("status")?;
-    let branch_id: i64 = row.try_get("branch_id")?;
-    let payload: Vec<u8> = row.try_get("payload")?;
-    Ok(Branch {
-        gid: row.try_get("gid")?,
-        branch_id: u32::try_from(branch_id)
-            .map_err(|_| corrupt("branch id", &branch_id.to_string()))?,
-        participant: row.try_get("participant")?,
-        action: row.try_get("action")?,
-        payload: payload.into(),
-        status: BranchStatus::parse(&status).ok_or_else(|| corrupt("branch status", &status))?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-    })
 }

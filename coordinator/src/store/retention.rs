@@ -10,22 +10,27 @@
 //! The audit trail is kept: it records operators' actions, which outlive the transactions.
 
 use super::{
-    Dialect, Result, Store,
-    batches::{Gid, to_json},
+    Result, Store,
+    rows::{Gid, to_json},
+    sql::{finished, statements},
 };
 
 statements! {
-    retire = "INSERT INTO retired_gid (gid, retired_at) \
-              SELECT gid, {now} FROM global_tx \
-              WHERE status IN ('COMMITTED', 'ABORTED') AND updated_at < {now} - $1 \
-              ORDER BY updated_at LIMIT $2 \
-              ON CONFLICT (gid) DO NOTHING";
-    purge_retired = "DELETE FROM global_tx WHERE gid IN \
-                         (SELECT g.gid FROM global_tx g JOIN retired_gid r ON r.gid = g.gid \
-                          WHERE g.status IN ('COMMITTED', 'ABORTED') \
-                              AND g.updated_at < {now} - $1 \
-                          ORDER BY g.updated_at LIMIT $2) \
-                     RETURNING gid";
+    retire = concat!(
+        "INSERT INTO retired_gid (gid, retired_at) \
+         SELECT gid, {now} FROM global_tx \
+         WHERE ", finished!(), " AND global_tx.updated_at < {now} - $1 \
+         ORDER BY updated_at LIMIT $2 \
+         ON CONFLICT (gid) DO NOTHING"
+    );
+    purge_retired = concat!(
+        "DELETE FROM global_tx WHERE gid IN \
+             (SELECT global_tx.gid FROM global_tx \
+                  JOIN retired_gid ON retired_gid.gid = global_tx.gid \
+              WHERE ", finished!(), " AND global_tx.updated_at < {now} - $1 \
+              ORDER BY global_tx.updated_at LIMIT $2) \
+         RETURNING gid"
+    );
     purge_branches = "DELETE FROM branch WHERE gid {in_ids $1}";
     is_retired = "SELECT COUNT(*) FROM retired_gid WHERE gid = $1";
 }
@@ -34,7 +39,7 @@ impl Store {
     /// Deletes up to `batch` transactions that finished more than `age_ms` ago; returns how
     /// many went.
     pub async fn purge_finished(&self, age_ms: i64, batch: i64) -> Result<u64> {
-        let sql = Sql::for_dialect(self.dialect());
+        let sql = Sql::for_dialect(self.dialect);
         let mut tx = self.write_tx().await?;
         sqlx::query(sql.retire)
             .bind(age_ms)
@@ -60,7 +65,7 @@ impl Store {
 
     /// Whether `gid` belonged to a transaction removed by retention.
     pub async fn is_retired(&self, gid: &str) -> Result<bool> {
-        let sql = Sql::for_dialect(self.dialect());
+        let sql = Sql::for_dialect(self.dialect);
         let n: i64 = sqlx::query_scalar(sql.is_retired)
             .bind(gid)
             .fetch_one(&self.pool)

@@ -14,56 +14,70 @@ use bytes::Bytes;
 use sqlx::{Any, Row, any::AnyRow};
 
 use super::{
-    Dialect, Error, Escalation, Lease, Result, Store, branch_from_row, corrupt, tx_from_row,
+    Error, Escalation, Lease, Result, Store, rows,
+    sql::{escalates, finish, held, statements, tx_columns, unless_paused},
 };
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 
+/// Whether the deadline has passed, as a column.
+macro_rules! deadline_passed {
+    () => {
+        "CAST(CASE WHEN global_tx.deadline <= {now} THEN 1 ELSE 0 END AS BIGINT) \
+         AS deadline_passed"
+    };
+}
+
 statements! {
-    insert = "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, owner, \
-                  lease_until, version, branch_count, labels, created_at, updated_at) \
-              VALUES ($1, $2, 'RUNNING', {now} + $3, {now} + $4, $5, {now} + $4, 1, $6, $7, \
-                  {now}, {now}) \
-              ON CONFLICT (gid) DO NOTHING \
-              RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-                  branch_count, labels, reason, needs_attention, paused, decided_at, \
-                  created_at, updated_at";
+    insert = concat!(
+        "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, owner, \
+             lease_until, version, branch_count, labels, created_at, updated_at) \
+         VALUES ($1, $2, 'RUNNING', {now} + $3, {now} + $4, $5, {now} + $4, 1, $6, $7, \
+             {now}, {now}) \
+         ON CONFLICT (gid) DO NOTHING \
+         RETURNING ", tx_columns!()
+    );
     insert_step = "INSERT INTO branch (gid, branch_id, participant, action, payload, \
                        compensation_payload, step_group, status, created_at, updated_at) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', {now}, {now})";
     steps = "SELECT gid, branch_id, participant, action, payload, status, attempts, \
                  last_error, next_attempt_at, compensation_payload, step_group \
              FROM branch WHERE gid = $1 ORDER BY branch_id";
-    renew = "UPDATE global_tx SET lease_until = {now} + $4, updated_at = {now}, \
-                 next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $4 END \
-             WHERE gid = $1 AND owner = $2 AND version = $3 \
-                 AND status IN ('RUNNING', 'COMPENSATING') \
-             RETURNING status, \
-                 CAST(CASE WHEN deadline <= {now} THEN 1 ELSE 0 END AS BIGINT) AS deadline_passed";
-    compensate = "UPDATE global_tx SET status = 'COMPENSATING', reason = $4, attempts = 0, \
-                      decided_at = {now}, lease_until = {now} + $5, next_attempt_at = CASE WHEN paused = 1 THEN NULL ELSE {now} + $5 END, \
-                      updated_at = {now} \
-                  WHERE gid = $1 AND owner = $2 AND version = $3 AND status = 'RUNNING' \
-                  RETURNING status, \
-                      CAST(CASE WHEN deadline <= {now} THEN 1 ELSE 0 END AS BIGINT) \
-                          AS deadline_passed";
-    finish = "UPDATE global_tx SET status = $4, owner = NULL, lease_until = NULL, \
-                  next_attempt_at = NULL, updated_at = {now} \
-              WHERE gid = $1 AND owner = $2 AND version = $3 AND status = $5 \
-                  AND NOT EXISTS (SELECT 1 FROM branch \
-                                  WHERE branch.gid = $1 AND branch.status = $6)";
-    reschedule = "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
-                      next_attempt_at = CASE \
-                          WHEN paused = 1 THEN NULL \
-                          WHEN status = 'RUNNING' AND deadline < {now} + $4 THEN deadline \
-                          ELSE {now} + $4 END, \
-                      updated_at = {now}, \
-                      needs_attention = CASE \
-                          WHEN status = 'COMPENSATING' AND (attempts + 1 >= $5 \
-                              OR {now} - COALESCE(decided_at, created_at) >= $6) \
-                          THEN 1 ELSE needs_attention END \
-                  WHERE gid = $1 AND owner = $2 AND version = $3 \
-                      AND status IN ('RUNNING', 'COMPENSATING') \
-                  RETURNING status, attempts, needs_attention";
+    renew = concat!(
+        "UPDATE global_tx SET lease_until = {now} + $4, updated_at = {now}, \
+             next_attempt_at = ", unless_paused!("{now} + $4"), " \
+         WHERE global_tx.gid = $1 AND ", held!("$2", "$3"), " \
+             AND global_tx.status IN ('RUNNING', 'COMPENSATING') \
+         RETURNING status, ", deadline_passed!()
+    );
+    compensate = concat!(
+        "UPDATE global_tx SET status = 'COMPENSATING', reason = $4, attempts = 0, \
+             decided_at = {now}, lease_until = {now} + $5, \
+             next_attempt_at = ", unless_paused!("{now} + $5"), ", updated_at = {now} \
+         WHERE global_tx.gid = $1 AND ", held!("$2", "$3"), " \
+             AND global_tx.status = 'RUNNING' \
+         RETURNING status, ", deadline_passed!()
+    );
+    finish = concat!(
+        "UPDATE global_tx SET ", finish!("$4"), " \
+         WHERE global_tx.gid = $1 AND ", held!("$2", "$3"), " AND global_tx.status = $5 \
+             AND NOT EXISTS (SELECT 1 FROM branch \
+                             WHERE branch.gid = $1 AND branch.status = $6)"
+    );
+    reschedule = concat!(
+        "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
+             next_attempt_at = CASE \
+                 WHEN global_tx.paused = 1 THEN NULL \
+                 WHEN global_tx.status = 'RUNNING' AND global_tx.deadline < {now} + $4 \
+                     THEN global_tx.deadline \
+                 ELSE {now} + $4 END, \
+             updated_at = {now}, \
+             needs_attention = CASE \
+                 WHEN global_tx.status = 'COMPENSATING' AND ", escalates!("$5", "$6"), " \
+                 THEN 1 ELSE needs_attention END \
+         WHERE global_tx.gid = $1 AND ", held!("$2", "$3"), " \
+             AND global_tx.status IN ('RUNNING', 'COMPENSATING') \
+         RETURNING status, attempts, needs_attention"
+    );
     step_done = "UPDATE branch SET status = $3, next_attempt_at = NULL, updated_at = {now} \
                  WHERE gid = $1 AND branch_id = $2 AND status IN ('PENDING', 'EXECUTED')";
     step_failed = "UPDATE branch SET attempts = attempts + 1, last_error = $3, \
@@ -208,7 +222,7 @@ impl Store {
                 None => Err(Error::Corrupt(format!("{gid} vanished during SubmitSaga"))),
             };
         };
-        let created = tx_from_row(&row)?;
+        let created = rows::tx(&row)?;
         for (branch_id, step) in (1i64..).zip(steps) {
             sqlx::query(sql.insert_step)
                 .bind(gid)
@@ -313,9 +327,9 @@ impl Store {
                 .await?
                 .map(|row| -> Result<Recorded> {
                     Ok(Recorded::Rescheduled {
-                        status: status_of(&row)?,
+                        status: rows::status(&row)?,
                         attempts: row.try_get("attempts")?,
-                        needs_attention: row.try_get::<i64, _>("needs_attention")? != 0,
+                        needs_attention: rows::flag(&row, "needs_attention")?,
                     })
                 })
                 .transpose()?,
@@ -370,22 +384,17 @@ async fn finish(
 
 fn renewed_of(row: &AnyRow) -> Result<Renewed> {
     Ok(Renewed {
-        status: status_of(row)?,
-        deadline_passed: row.try_get::<i64, _>("deadline_passed")? != 0,
+        status: rows::status(row)?,
+        deadline_passed: rows::flag(row, "deadline_passed")?,
     })
-}
-
-fn status_of(row: &AnyRow) -> Result<Status> {
-    let status: String = row.try_get("status")?;
-    Status::parse(&status).ok_or_else(|| corrupt("status", &status))
 }
 
 fn step_from_row(row: &AnyRow) -> Result<Step> {
     let group: i64 = row.try_get("step_group")?;
     let compensation: Option<Vec<u8>> = row.try_get("compensation_payload")?;
     Ok(Step {
-        branch: branch_from_row(row)?,
+        branch: rows::branch(row)?,
         compensation: compensation.map(Bytes::from),
-        group: u32::try_from(group).map_err(|_| corrupt("step group", &group.to_string()))?,
+        group: u32::try_from(group).map_err(|_| rows::corrupt("step group", &group.to_string()))?,
     })
 }

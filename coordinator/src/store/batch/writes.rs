@@ -1,118 +1,83 @@
-//! The writes every TCC transaction makes, done for many transactions at once by
-//! [`Group`](super::group::Group)s: Begin with its first branches, registering a branch,
-//! the commit or abort decision (which also reads the decided transactions' branches for
-//! the round that follows), and the record of a round in which every branch succeeded.
+//! The TCC writes done for many requests at once by [`Group`](super::Group)s: Begin with
+//! its first branches, registering branches, the commit or abort decision (which also reads
+//! the decided transactions' branches for the round that follows), and the record of a
+//! round in which every branch succeeded. They are the statements of `store/tcc.rs` over a
+//! batch's rows instead of one request's parameters, under the same rules.
 //!
 //! Each batch is sent as JSON array parameters (`{json …}` in the templates), so a batch of
-//! any size is the same few statements. A gid that appears twice in one batch of Begins or
+//! any size is the same few statements: on PostgreSQL one statement where a WITH clause can
+//! write, on SQLite one transaction. A gid that appears twice in one batch of Begins or
 //! decisions is written once, for its first request; the later ones answer as if they had
-//! come second (Begin finds the transaction existing, a decision finds it decided), which is
-//! what they would have seen one after the other. The store's single-transaction methods keep the
-//! rules for what a refusal means; this module only carries out the batches.
+//! come second (Begin finds the transaction existing, a decision finds it decided), which
+//! is what they would have seen one after the other. What a refusal means is the store
+//! API's business; this module only carries out the batches.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
-use super::{Decided, Dialect, Error, Lease, Result, branch_from_row, group::Batch, tx_from_row};
-use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
+use super::Batch;
+use crate::{
+    model::{Branch, GlobalTx},
+    store::{
+        Decided, Dialect, Error, Lease, Result,
+        rows::{self, Gid, hex, to_json},
+        sql::{
+            branch_columns, decide_from, finish_branches_from, finish_from, insert_branches_from,
+            insert_tx_from, statements, take_slots_from,
+        },
+        tcc::{Decision, Finished, NewTx, Registration},
+    },
+};
 
-// Fragments used alone (SQLite) and combined into one statement (PostgreSQL).
-macro_rules! begin_sql {
+/// A batch's Begins, as `insert_tx_from!` reads them.
+macro_rules! begins {
     () => {
-        "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-             branch_count, created_at, updated_at) \
-         SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, v.labels, \
-             v.branch_count, {now}, {now} \
-         FROM {json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
-             branch_count BIGINT} AS v \
-         WHERE true \
-         ON CONFLICT (gid) DO NOTHING \
-         RETURNING gid, mode, status, deadline, next_attempt_at, attempts, owner, version, \
-             branch_count, labels, reason, needs_attention, paused, decided_at, created_at, \
-             updated_at"
+        "{json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
+             branch_count BIGINT}"
     };
 }
 
-macro_rules! branches_of {
-    ($rows:literal) => {
-        concat!(
-            "INSERT INTO branch (gid, branch_id, participant, action, payload, status, \
-                 created_at, updated_at) \
-             SELECT v.id, v.branch_id, v.participant, v.action, v.payload, 'PENDING', \
-                 {now}, {now} \
-             FROM {json $2: id TEXT, branch_id BIGINT, participant TEXT, action TEXT, \
-                 payload BYTEA} AS v",
-            $rows
-        )
+/// A batch's branches to insert, as `insert_branches_from!` reads them.
+macro_rules! new_branches {
+    () => {
+        "{json $2: id TEXT, branch_id BIGINT, participant TEXT, action TEXT, payload BYTEA}"
     };
 }
 
-// `status = (SELECT 'TRYING')` rather than `= 'TRYING'` in the two statements that find
-// TRYING transactions by the batch's gids: from the constant, PostgreSQL can prove that the
-// partial index `global_tx_due` (unfinished transactions only) applies, and when its
-// statistics say few transactions are unfinished it reads that whole index instead of
-// looking the gids up — a read that grows with the backlog of unfinished transactions (a
-// decision for one gid: 4.4 ms with 40,000 unfinished, against 0.4 ms through the primary
-// key). A subquery's value proves nothing, so the gids go through the primary key.
-macro_rules! decide_sql {
+/// A batch's decisions, as `decide_from!` reads them.
+macro_rules! decisions {
     () => {
-        "UPDATE global_tx SET status = v.to_status, owner = v.lease_owner, \
-             version = version + 1, lease_until = {now} + v.lease_ms, \
-             next_attempt_at = {now} + v.lease_ms, decided_at = {now}, \
-             reason = COALESCE(v.abort_reason, reason), updated_at = {now} \
-         FROM {json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
-             abort_reason TEXT} AS v \
-         WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
-             AND global_tx.status = (SELECT 'TRYING') \
-             AND (v.to_status = 'ABORTING' OR global_tx.deadline > {now}) \
-         RETURNING gid, version, branch_count"
+        "{json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
+             abort_reason TEXT}"
     };
 }
 
-macro_rules! finish_branches_sql {
+/// A batch's finished rounds, as `finish_from!` reads them.
+macro_rules! rounds {
     () => {
-        "UPDATE branch SET status = v.done, updated_at = {now}, next_attempt_at = NULL \
-         FROM {json $2: id TEXT, branch_id BIGINT, done TEXT} AS v \
-         WHERE branch.gid = v.id AND branch.branch_id = v.branch_id AND branch.gid {in_ids $1} \
-             AND branch.status = 'PENDING'"
-    };
-}
-
-// A transaction finishes only if its round saw every branch it has (`seen`): a branch the
-// round did not call stays PENDING, and the transaction with it, for the next owner.
-macro_rules! finish_sql {
-    () => {
-        "UPDATE global_tx SET status = v.final_status, owner = NULL, lease_until = NULL, \
-             next_attempt_at = NULL, updated_at = {now} \
-         FROM {json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, final_status TEXT, \
-             seen BIGINT} AS v \
-         WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
-             AND global_tx.owner = v.lease_owner AND global_tx.version = v.lease_version \
-             AND global_tx.branch_count = v.seen \
-         RETURNING gid, version"
+        "{json $1: id TEXT, lease_owner TEXT, lease_version BIGINT, final_status TEXT, \
+             seen BIGINT}"
     };
 }
 
 statements! {
-    begin = begin_sql!();
+    begin = insert_tx_from!(begins!());
     // The branches ($2: every branch of the batch) of the transactions just created ($1).
-    insert_branches = branches_of!(" WHERE v.id {in_ids $1}");
+    insert_branches = insert_branches_from!(new_branches!(), " WHERE v.id {in_ids $1}");
     begin_with_branches = concat!(
-        "WITH t AS (", begin_sql!(), "), b AS (", branches_of!(" JOIN t ON t.gid = v.id"), ") \
+        "WITH t AS (", insert_tx_from!(begins!()), "), \
+         b AS (", insert_branches_from!(new_branches!(), " JOIN t ON t.gid = v.id"), ") \
          SELECT * FROM t"
     );
-    take_slots = "UPDATE global_tx SET branch_count = branch_count + v.n, updated_at = {now} \
-                  FROM {json $1: id TEXT, n BIGINT, max_branches BIGINT} AS v \
-                  WHERE global_tx.gid = v.id AND global_tx.gid {in_ids $1} \
-                      AND global_tx.status = (SELECT 'TRYING') \
-                      AND global_tx.deadline > {now} \
-                      AND global_tx.branch_count + v.n <= v.max_branches \
-                  RETURNING gid, branch_count";
-    decide = decide_sql!();
+    take_slots = take_slots_from!(
+        "{json $1: id TEXT, n BIGINT, max_branches BIGINT}",
+        "{in_ids $1}"
+    );
+    decide = decide_from!(decisions!(), "{in_ids $1}");
     decide_with_branches = concat!(
-        "WITH d AS (", decide_sql!(), ") \
+        "WITH d AS (", decide_from!(decisions!(), "{in_ids $1}"), ") \
          SELECT d.gid AS decided_gid, d.version AS decided_version, \
              d.branch_count AS decided_branch_count, b.gid, b.branch_id, \
              b.participant, b.action, b.payload, b.status, b.attempts, b.last_error, \
@@ -120,40 +85,44 @@ statements! {
          FROM d LEFT JOIN branch b ON b.gid = d.gid AND b.gid {in_ids $1} \
          ORDER BY b.gid, b.branch_id"
     );
-    branches = "SELECT gid, branch_id, participant, action, payload, status, attempts, \
-                    last_error, next_attempt_at \
-                FROM branch WHERE gid {in_ids $1} \
-                ORDER BY gid, branch_id";
-    finish_branches = finish_branches_sql!();
-    finish = finish_sql!();
-    finish_all = concat!("WITH b AS (", finish_branches_sql!(), ") ", finish_sql!());
+    branches = concat!(
+        "SELECT ", branch_columns!(), " FROM branch WHERE gid {in_ids $1} \
+         ORDER BY gid, branch_id"
+    );
+    finish_branches = finish_branches_from!(
+        "{json $2: id TEXT, branch_id BIGINT, done TEXT}",
+        "{in_ids $1}"
+    );
+    finish = finish_from!(rounds!(), "{in_ids $1}");
+    finish_all = concat!(
+        "WITH b AS (",
+        finish_branches_from!("{json $2: id TEXT, branch_id BIGINT, done TEXT}", "{in_ids $1}"),
+        ") ",
+        finish_from!(rounds!(), "{in_ids $1}")
+    );
 }
 
-/// Renders every batch statement now, so that a template mistake stops the start-up
-/// instead of a batch.
+/// Renders every batch statement now.
 pub(super) fn render(dialect: Dialect) {
     Sql::for_dialect(dialect);
 }
 
-/// Begin of one transaction with its first branches.
+/// Where a kind of batch writes.
 #[derive(Debug)]
-pub(super) struct NewTx {
-    pub gid: String,
-    pub mode: Mode,
-    pub status: Status,
-    pub timeout_ms: i64,
-    /// Serialised JSON object.
-    pub labels: String,
-    /// (participant, action, payload), numbered 1, 2, … in this order.
-    pub branches: Vec<(String, String, Vec<u8>)>,
+pub(super) struct Target {
+    pool: AnyPool,
+    dialect: Dialect,
 }
 
 /// Inserts transactions with their branches; answers the stored row for each transaction
 /// this batch created, `None` for a gid that already existed.
 #[derive(Debug)]
-pub(super) struct Begins {
-    pub pool: AnyPool,
-    pub dialect: Dialect,
+pub(super) struct Begins(Target);
+
+impl Begins {
+    pub(super) fn new(pool: AnyPool, dialect: Dialect) -> Begins {
+        Begins(Target { pool, dialect })
+    }
 }
 
 impl Batch for Begins {
@@ -170,7 +139,7 @@ impl Batch for Begins {
             labels: &'a str,
             branch_count: usize,
         }
-        let sql = Sql::for_dialect(self.dialect);
+        let sql = Sql::for_dialect(self.0.dialect);
         let firsts = first_of_each_gid(items, |item| &item.gid);
         let txs: Vec<TxRow> = firsts
             .iter()
@@ -199,14 +168,14 @@ impl Batch for Begins {
             })
             .collect();
         let (txs, branches) = (to_json(&txs)?, to_json(&branches)?);
-        let rows = if self.dialect.writable_cte() {
+        let rows = if self.0.dialect.writable_cte() {
             sqlx::query(sql.begin_with_branches)
                 .bind(txs)
                 .bind(branches)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.0.pool)
                 .await?
         } else {
-            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            let mut tx = self.0.pool.begin_with(self.0.dialect.begin_write()).await?;
             let rows = sqlx::query(sql.begin).bind(txs).fetch_all(&mut *tx).await?;
             if !rows.is_empty() {
                 let created: Vec<Gid<String>> = rows
@@ -224,21 +193,11 @@ impl Batch for Begins {
         };
         let mut created = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let begun = tx_from_row(row)?;
+            let begun = rows::tx(row)?;
             created.insert(begun.gid.clone(), begun);
         }
         Ok(items.iter().map(|item| created.remove(&item.gid)).collect())
     }
-}
-
-/// A branch to add to a TRYING transaction.
-#[derive(Debug)]
-pub(super) struct Registration {
-    pub gid: String,
-    pub participant: String,
-    pub action: String,
-    pub payload: Vec<u8>,
-    pub max_branches: i64,
 }
 
 /// Adds branches, numbering each transaction's after the ones it has, in the order the
@@ -247,9 +206,12 @@ pub(super) struct Registration {
 /// its deadline, unknown, or the lot would pass the limit), and the store retries that
 /// registration alone to learn which, and whether it fits by itself.
 #[derive(Debug)]
-pub(super) struct Registrations {
-    pub pool: AnyPool,
-    pub dialect: Dialect,
+pub(super) struct Registrations(Target);
+
+impl Registrations {
+    pub(super) fn new(pool: AnyPool, dialect: Dialect) -> Registrations {
+        Registrations(Target { pool, dialect })
+    }
 }
 
 impl Batch for Registrations {
@@ -263,7 +225,7 @@ impl Batch for Registrations {
             n: i64,
             max_branches: i64,
         }
-        let sql = Sql::for_dialect(self.dialect);
+        let sql = Sql::for_dialect(self.0.dialect);
         let mut wanted: Vec<SlotRow> = Vec::new();
         for item in items {
             match wanted.iter_mut().find(|row| row.id == item.gid) {
@@ -275,7 +237,7 @@ impl Batch for Registrations {
                 }),
             }
         }
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let mut tx = self.0.pool.begin_with(self.0.dialect.begin_write()).await?;
         let taken = sqlx::query(sql.take_slots)
             .bind(to_json(&wanted)?)
             .fetch_all(&mut *tx)
@@ -327,25 +289,15 @@ impl Batch for Registrations {
     }
 }
 
-/// A decision on one TRYING transaction: to COMMITTING (before its deadline) or ABORTING,
-/// owned by `owner` for `lease_ms`.
-#[derive(Debug)]
-pub(super) struct Decision {
-    pub gid: String,
-    /// COMMITTING or ABORTING.
-    pub to: Status,
-    pub owner: String,
-    pub lease_ms: i64,
-    /// Kept for an abort.
-    pub reason: Option<String>,
-}
-
 /// Makes decisions; answers the lease and branches of each one taken, `None` for a
 /// transaction that was not TRYING (or past its deadline, for a commit) or does not exist.
 #[derive(Debug)]
-pub(super) struct Decisions {
-    pub pool: AnyPool,
-    pub dialect: Dialect,
+pub(super) struct Decisions(Target);
+
+impl Decisions {
+    pub(super) fn new(pool: AnyPool, dialect: Dialect) -> Decisions {
+        Decisions(Target { pool, dialect })
+    }
 }
 
 impl Batch for Decisions {
@@ -361,7 +313,7 @@ impl Batch for Decisions {
             lease_ms: i64,
             abort_reason: Option<&'a str>,
         }
-        let sql = Sql::for_dialect(self.dialect);
+        let sql = Sql::for_dialect(self.0.dialect);
         let rows: Vec<DecisionRow> = first_of_each_gid(items, |item| &item.gid)
             .into_iter()
             .map(|item| DecisionRow {
@@ -376,10 +328,10 @@ impl Batch for Decisions {
         // gid → (version, branch_count) of each decision taken.
         let mut decided: HashMap<String, (i64, i64)> = HashMap::new();
         let mut branches: HashMap<String, Vec<Branch>> = HashMap::new();
-        if self.dialect.writable_cte() {
+        if self.0.dialect.writable_cte() {
             let found = sqlx::query(sql.decide_with_branches)
                 .bind(rows)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.0.pool)
                 .await?;
             for row in &found {
                 decided.insert(
@@ -407,7 +359,7 @@ impl Batch for Decisions {
             if !short.is_empty() {
                 let again = sqlx::query(sql.branches)
                     .bind(to_json(&short)?)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.0.pool)
                     .await?;
                 for gid in &short {
                     branches.remove(gid.id);
@@ -419,7 +371,7 @@ impl Batch for Decisions {
         } else {
             // One transaction, so that a failed read cannot leave decisions taken that no
             // caller knows it took.
-            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            let mut tx = self.0.pool.begin_with(self.0.dialect.begin_write()).await?;
             let found = sqlx::query(sql.decide)
                 .bind(rows)
                 .fetch_all(&mut *tx)
@@ -459,26 +411,17 @@ impl Batch for Decisions {
     }
 }
 
-/// A round in which every branch it called succeeded.
-#[derive(Debug)]
-pub(super) struct Finished {
-    pub lease: Lease,
-    /// The branches called and their new status (CONFIRMED or CANCELLED).
-    pub done: Vec<(u32, BranchStatus)>,
-    /// How many branches the round read, pending or not.
-    pub seen: i64,
-    /// COMMITTED or ABORTED.
-    pub status: Status,
-}
-
 /// Records finished rounds (without waiting for durability: see `Store::record_round`):
 /// the called branches' new status whatever happened to the lease, since they are facts,
 /// and the final status of each transaction whose lease still holds and whose round saw
 /// all of its branches. Answers whether it finished.
 #[derive(Debug)]
-pub(super) struct Rounds {
-    pub pool: AnyPool,
-    pub dialect: Dialect,
+pub(super) struct Rounds(Target);
+
+impl Rounds {
+    pub(super) fn new(pool: AnyPool, dialect: Dialect) -> Rounds {
+        Rounds(Target { pool, dialect })
+    }
 }
 
 impl Batch for Rounds {
@@ -500,7 +443,7 @@ impl Batch for Rounds {
             branch_id: u32,
             done: &'a str,
         }
-        let sql = Sql::for_dialect(self.dialect);
+        let sql = Sql::for_dialect(self.0.dialect);
         // No gid is skipped here: two rounds of one transaction carry different leases
         // (a late one of a previous owner, say), and the fence lets at most one finish.
         let rounds: Vec<RoundRow> = items
@@ -524,14 +467,14 @@ impl Batch for Rounds {
             })
             .collect();
         let (rounds, done) = (to_json(&rounds)?, to_json(&done)?);
-        let finished = if self.dialect.writable_cte() {
+        let finished = if self.0.dialect.writable_cte() {
             sqlx::query(sql.finish_all)
                 .bind(rounds)
                 .bind(done)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.0.pool)
                 .await?
         } else {
-            let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+            let mut tx = self.0.pool.begin_with(self.0.dialect.begin_write()).await?;
             sqlx::query(sql.finish_branches)
                 .bind(rounds.clone())
                 .bind(done)
@@ -557,7 +500,7 @@ impl Batch for Rounds {
 
 /// Adds the branch in `row` to its transaction's list.
 fn add_branch(branches: &mut HashMap<String, Vec<Branch>>, row: &AnyRow) -> Result<()> {
-    let branch = branch_from_row(row)?;
+    let branch = rows::branch(row)?;
     branches.entry(branch.gid.clone()).or_default().push(branch);
     Ok(())
 }
@@ -573,28 +516,8 @@ struct BranchRow<'a> {
     payload: String,
 }
 
-/// A JSON row naming one transaction.
-#[derive(Serialize)]
-pub(super) struct Gid<S> {
-    pub id: S,
-}
-
 /// The items whose gid did not occur earlier in the batch.
 fn first_of_each_gid<'a, T>(items: &'a [T], gid: impl Fn(&'a T) -> &'a str) -> Vec<&'a T> {
     let mut seen = HashSet::with_capacity(items.len());
     items.iter().filter(|item| seen.insert(gid(item))).collect()
-}
-
-pub(super) fn to_json<T: Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows).map_err(|e| Error::Corrupt(format!("batch not serialisable: {e}")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
 }

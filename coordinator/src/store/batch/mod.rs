@@ -1,26 +1,27 @@
-//! Group commit: the writes of many concurrent requests of one kind carried out together —
-//! a few statements and one database commit for the lot — instead of a statement and a
-//! commit each. On PostgreSQL this is what makes the coordinator's log cost the database
-//! less per transaction than a naive log with a commit per write (each commit costs the
-//! server a WAL flush, and each statement a round of work); on SQLite it turns many
-//! writers waiting on one lock into a queue.
+//! Group commit, the store's optional optimisation: the writes of many concurrent requests
+//! of one kind carried out together, a few statements and one database commit for the lot,
+//! instead of a statement and a commit each. On PostgreSQL each commit costs the server a
+//! WAL flush and each statement a round of work, so this is what makes the log cost the
+//! database less per transaction than a naive one; on SQLite it turns many writers waiting
+//! on one lock into a queue.
 //!
 //! A [`Group`] owns a queue and a task. Callers [`Group::submit`] an item and wait for its
 //! answer. The task takes whatever has queued (up to `max_batch` items), runs it as one
 //! [`Batch`], and repeats. Nothing waits for a batch to fill: a lone request goes out at
 //! once, and batches grow only while requests arrive faster than the database commits
 //! them, which is exactly when batching pays. One batch of a kind runs at a time: measured,
-//! that beat two or four overlapping ones (fewer, larger batches cost the database less per
-//! request; at 64 concurrent transactions on PostgreSQL, 2,750 against 2,450
-//! transactions/s with two in flight, and at 8 a lower p99).
+//! that beat two or four overlapping ones (BENCHMARKS.md).
 //! A batch the database refuses (and so rolls back) is run again item by item, so the
 //! refusal belongs to the request that caused it and the others still succeed. Any other
-//! failure — a lost connection, a timeout — may have come after the commit, so it is
+//! failure (a lost connection, a timeout) may have come after the commit, so it is
 //! answered to every request of the batch rather than risk writing them twice.
 //!
-//! This module knows nothing about SQL; what a batch writes is in `store/batches.rs`.
-//! Batches run in the group's task, not a caller's, so a caller that goes away (a
-//! cancelled gRPC call) never takes other callers' writes with it.
+//! This module knows nothing about SQL; what each batch writes is in [`writes`], under the
+//! same rules (`store/sql.rs`) as the single-request writes of `store/tcc.rs`. Batches run
+//! in the group's task, not a caller's, so a caller that goes away (a cancelled gRPC call)
+//! never takes other callers' writes with it.
+
+pub(super) mod writes;
 
 use std::{future::Future, panic::AssertUnwindSafe};
 
@@ -28,7 +29,63 @@ use futures::FutureExt;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, Result};
+use sqlx::AnyPool;
+
+use super::{
+    Decided, Dialect, Error, Result,
+    tcc::{Decision, Finished, NewTx, Registration},
+};
+use crate::model::GlobalTx;
+use writes::{Begins, Decisions, Registrations, Rounds};
+
+/// The most requests one batch carries.
+const MAX_BATCH: usize = 128;
+
+/// The four kinds of TCC write that are committed in groups, each with its own queue.
+#[derive(Debug, Clone)]
+pub(super) struct Batches {
+    begins: Group<Begins>,
+    registrations: Group<Registrations>,
+    decisions: Group<Decisions>,
+    rounds: Group<Rounds>,
+}
+
+impl Batches {
+    /// Starts the groups' tasks on the current runtime: the durable writes on `durable`,
+    /// the round records on `relaxed` (see `Store::record_round`). Every statement is
+    /// rendered now, so that a template mistake stops the start-up instead of a batch.
+    pub(super) fn start(durable: &AnyPool, relaxed: &AnyPool, dialect: Dialect) -> Batches {
+        writes::render(dialect);
+        Batches {
+            begins: Group::start(Begins::new(durable.clone(), dialect), MAX_BATCH),
+            registrations: Group::start(Registrations::new(durable.clone(), dialect), MAX_BATCH),
+            decisions: Group::start(Decisions::new(durable.clone(), dialect), MAX_BATCH),
+            rounds: Group::start(Rounds::new(relaxed.clone(), dialect), MAX_BATCH),
+        }
+    }
+
+    /// [`Store::begin_one`](super::Store::begin_one), sharing a commit.
+    pub(super) async fn begin(&self, item: NewTx) -> Result<Option<GlobalTx>> {
+        self.begins.submit(item).await
+    }
+
+    /// [`Store::register_one`](super::Store::register_one), sharing a commit. All of one
+    /// transaction's registrations in a batch are taken together or not at all: `None`
+    /// means not taken here, and the store retries it alone.
+    pub(super) async fn register(&self, item: Registration) -> Result<Option<u32>> {
+        self.registrations.submit(item).await
+    }
+
+    /// [`Store::decide_one`](super::Store::decide_one), sharing a commit.
+    pub(super) async fn decide(&self, item: Decision) -> Result<Option<Decided>> {
+        self.decisions.submit(item).await
+    }
+
+    /// [`Store::finish_one`](super::Store::finish_one), sharing a commit.
+    pub(super) async fn finish(&self, item: Finished) -> Result<bool> {
+        self.rounds.submit(item).await
+    }
+}
 
 /// One kind of write that can be done for many requests at once.
 pub(super) trait Batch: Send + Sync + 'static {
