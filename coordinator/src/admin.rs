@@ -15,30 +15,13 @@ use std::time::Duration;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    engine::{Engine, Work},
+    engine::Engine,
+    error::{Error, Result},
     model::{Branch, BranchStatus, GlobalTx, Status},
     store::{self, AuditEntry, AuditRecord, Cursor, ListFilter},
+    tcc::Work,
     validate::{self, Invalid},
 };
-
-/// Why an operator request was not carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Malformed input.
-    #[error(transparent)]
-    Invalid(#[from] Invalid),
-    /// Unknown gid or branch.
-    #[error("{0}")]
-    NotFound(String),
-    /// The transaction's state does not allow the request.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The store failed; the request may be repeated.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-}
-
-type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The actor recorded when a request names none.
 pub const DEFAULT_ACTOR: &str = "admin";
@@ -151,7 +134,7 @@ impl Admin {
     }
 
     fn lease_ms(&self) -> i64 {
-        i64::try_from(self.engine.config().lease().as_millis()).unwrap_or(i64::MAX)
+        self.engine.context().lease_ms()
     }
 
     /// One page of transactions matching `query`.
@@ -240,7 +223,12 @@ impl Admin {
         let record = audit_record(actor, RETRY, note)?;
         let claimed = self
             .store()
-            .claim_for_retry(gid, self.engine.instance(), self.lease_ms(), record)
+            .claim_for_retry(
+                gid,
+                self.engine.context().instance(),
+                self.lease_ms(),
+                record,
+            )
             .await?;
         let Some(tx) = claimed else {
             let tx = self.existing(gid).await?;
@@ -294,7 +282,7 @@ impl Admin {
             .store()
             .force_abort(
                 gid,
-                self.engine.instance(),
+                self.engine.context().instance(),
                 self.lease_ms(),
                 &reason,
                 record,
@@ -327,7 +315,7 @@ impl Admin {
                 attempts: 0,
                 needs_attention: false,
             };
-            if let Err(error) = engine.drive(work).await {
+            if let Err(error) = engine.tcc().drive(work).await {
                 warn!(%error, "cancel round failed; recovery will try again");
             }
         };

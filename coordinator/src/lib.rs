@@ -5,28 +5,34 @@
 //! The pieces, from the wire down:
 //! - [`grpc`]: the `settle.v1` services, the mapping of errors to status codes, the Admin
 //!   token check;
-//! - [`engine`]: the TCC rules — validation, decisions, rounds of phase two;
+//! - [`engine`]: both modes on one shared [`context`], and who resumes what;
+//! - [`tcc`]: TCC mode — validation, decisions, rounds of phase two;
 //! - [`saga`]: saga mode — forward steps in order, compensation in reverse;
 //! - [`admin`]: what operators may do to transactions, audited;
 //! - [`recovery`]: the loop that claims due work (deadlines, retries, expired leases);
-//! - [`directory`]: participant names, endpoints and their reusable channels;
+//! - [`participants`]: every call to a participant, and the directory of their endpoints;
 //! - [`store`]: the durable log in SQLite or PostgreSQL;
-//! - [`retry`], [`validate`], [`id`], [`model`]: policy, input rules, gids, vocabulary.
+//! - [`error`]: why a request was refused;
+//! - [`retry`], [`validate`], [`id`], [`model`]: policy, input rules and limits, gids,
+//!   vocabulary.
 //!
 //! [`Coordinator`] ties them together; the `settled` binary is a thin shell around it.
 
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod directory;
+pub mod context;
 pub mod engine;
+pub mod error;
 pub mod grpc;
 pub mod id;
 pub mod model;
+pub mod participants;
 pub mod recovery;
 pub mod retry;
 pub mod saga;
 pub mod store;
+pub mod tcc;
 pub mod validate;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -37,29 +43,14 @@ use tracing::{info, warn};
 
 use crate::{
     admin::Admin,
-    engine::{Engine, EngineConfig},
+    context::Settings,
+    engine::Engine,
     recovery::{RecoveryConfig, RecoveryLoop},
     retry::RetryPolicy,
     store::Store,
 };
 
-/// Input limits an operator may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest branch payload, in bytes.
-    pub max_payload: usize,
-    /// Most branches in one transaction.
-    pub max_branches: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_payload: 64 * 1024,
-            max_branches: 64,
-        }
-    }
-}
+pub use validate::Limits;
 
 /// Everything a coordinator needs to start.
 #[derive(Debug, Clone)]
@@ -142,7 +133,7 @@ impl Coordinator {
         let store = Store::open(&config.database, config.max_connections).await?;
         let engine = Engine::new(
             store,
-            EngineConfig {
+            Settings {
                 limits: config.limits,
                 retry: config.retry,
                 call_timeout: config.call_timeout,

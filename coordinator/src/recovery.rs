@@ -60,11 +60,11 @@ impl RecoveryLoop {
     }
 
     async fn claim(&self, limit: usize) -> Vec<crate::model::GlobalTx> {
-        let lease_ms = self.engine.config().lease().as_millis() as i64;
+        let lease_ms = self.engine.context().lease_ms();
         match self
             .engine
             .store()
-            .claim_due(self.engine.instance(), lease_ms, limit as i64)
+            .claim_due(self.engine.context().instance(), lease_ms, limit as i64)
             .await
         {
             Ok(claimed) => {
@@ -181,7 +181,7 @@ impl RecoveryLoop {
             }
         }
         let all = self.config.concurrency.max(1) as u32;
-        let lease = self.engine.config().lease();
+        let lease = self.engine.context().settings().lease;
         if tokio::time::timeout(lease, slots.acquire_many(all))
             .await
             .is_err()

@@ -9,29 +9,29 @@
 //! releases the saga with the retry policy's delay, and the recovery loop claims it again.
 //! Compensation never gives up: it escalates to `needs_attention` like phase two of TCC.
 //!
-//! The SQL lives in `store::saga`, the wire conversions in `crate::grpc`; claiming due sagas
-//! is the recovery loop's job, which hands them here through [`crate::engine::Engine::resume`].
+//! The SQL lives in `store::saga`, the wire conversions in `crate::grpc`, the calls in
+//! `crate::participants`; claiming due sagas is the recovery loop's job, which hands them
+//! here through [`crate::engine::Engine::resume`]. TCC mode is its peer, `crate::tcc`, on
+//! the same [`Context`].
 
 use std::{collections::HashMap, collections::HashSet, ops::Range};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use settle_proto::v1 as pb;
-use tonic::{Code, metadata::MetadataValue};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    engine::{Engine, Error},
+    context::Context,
+    error::{Error, Result},
     id,
     model::{BranchStatus, GlobalTx, Mode, Status},
+    participants::{Answer, Op},
     store::{
         Escalation, Lease,
         saga::{NewStep, Recorded, Step, StepOutcome, Then},
     },
     validate::{self, Invalid},
 };
-
-type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A saga as an initiator submits it, not yet validated.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,7 +81,7 @@ pub enum Driven {
 /// reached within `wait_ms` — or earlier, when a call fails transiently and the saga is
 /// left to the recovery loop. A submission with the gid of an existing saga returns that
 /// saga's status and changes nothing.
-pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted> {
+pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> {
     let Submission {
         gid,
         steps,
@@ -93,24 +93,24 @@ pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted
         id::new_gid()
     } else {
         validate::gid(&gid)?;
-        engine.refuse_retired(&gid).await?;
+        ctx.refuse_retired(&gid).await?;
         gid
     };
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
     let wait = validate::wait(wait_ms)?;
-    validate_steps(engine, &steps).await?;
+    validate_steps(ctx, &steps).await?;
 
-    let lease_ms = lease_ms(engine);
+    let lease_ms = ctx.lease_ms();
     let labels = labels.into_iter().collect();
-    let (tx, created) = engine
+    let (tx, created) = ctx
         .store()
         .submit_saga(
             &gid,
             &steps,
             timeout_ms as i64,
             &labels,
-            engine.instance(),
+            ctx.instance(),
             lease_ms,
         )
         .await?;
@@ -129,11 +129,11 @@ pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted
     info!(%gid, steps = steps.len(), deadline = tx.deadline, "saga submitted");
     let lease = Lease {
         gid: gid.clone(),
-        owner: engine.instance().to_owned(),
+        owner: ctx.instance().to_owned(),
         version: tx.version,
     };
     // The first run goes in its own task so that it completes even if the caller goes away.
-    let driver = engine.clone();
+    let driver = ctx.clone();
     let span = info_span!("saga", %gid);
     let run = tokio::spawn(async move { run_logged(&driver, lease, false).await }.instrument(span));
     let status = match tokio::time::timeout(wait, run).await {
@@ -141,7 +141,7 @@ pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted
         Ok(Ok(Some(Driven::Rescheduled { status, .. }))) => status,
         // Still running, or the run stopped early: the saga is stored and recovery will
         // go on with it, so the answer only reports where it stands.
-        _ => match engine.store().get(&gid).await {
+        _ => match ctx.store().get(&gid).await {
             Ok(Some(now)) => now.status,
             _ => Status::Running,
         },
@@ -153,8 +153,8 @@ pub async fn submit(engine: &Engine, submission: Submission) -> Result<Submitted
     })
 }
 
-async fn validate_steps(engine: &Engine, steps: &[NewStep]) -> Result<()> {
-    let limits = engine.config().limits;
+async fn validate_steps(ctx: &Context, steps: &[NewStep]) -> Result<()> {
+    let limits = ctx.settings().limits;
     if steps.is_empty() || steps.len() > limits.max_branches as usize {
         return Err(Invalid(format!(
             "a saga has 1 to {} steps; {} given",
@@ -176,9 +176,9 @@ async fn validate_steps(engine: &Engine, steps: &[NewStep]) -> Result<()> {
     let mut checked = HashSet::new();
     for step in steps {
         if checked.insert(step.participant.as_str())
-            && engine
-                .directory()
-                .resolve(&step.participant)
+            && ctx
+                .participants()
+                .endpoint(&step.participant)
                 .await?
                 .is_none()
         {
@@ -193,17 +193,17 @@ async fn validate_steps(engine: &Engine, steps: &[NewStep]) -> Result<()> {
 
 /// Drives a saga the recovery loop claimed (RUNNING or COMPENSATING) until it finishes, a
 /// call fails transiently, or the lease is lost.
-pub async fn resume(engine: &Engine, tx: GlobalTx) -> Result<Driven> {
+pub async fn resume(ctx: &Context, tx: GlobalTx) -> Result<Driven> {
     let lease = Lease {
         gid: tx.gid,
         owner: tx.owner.unwrap_or_default(),
         version: tx.version,
     };
-    run(engine, lease, tx.needs_attention).await
+    run(ctx, lease, tx.needs_attention).await
 }
 
-async fn run_logged(engine: &Engine, lease: Lease, flagged: bool) -> Option<Driven> {
-    match run(engine, lease, flagged).await {
+async fn run_logged(ctx: &Context, lease: Lease, flagged: bool) -> Option<Driven> {
+    match run(ctx, lease, flagged).await {
         Ok(driven) => Some(driven),
         Err(error) => {
             warn!(%error, "driving the saga failed; the recovery loop resumes it");
@@ -212,16 +212,12 @@ async fn run_logged(engine: &Engine, lease: Lease, flagged: bool) -> Option<Driv
     }
 }
 
-fn lease_ms(engine: &Engine) -> i64 {
-    engine.config().lease().as_millis() as i64
-}
-
 /// Runs group after group while this instance holds the lease. `flagged` is whether the
 /// saga was already marked `needs_attention`, so that escalation is logged once.
-async fn run(engine: &Engine, lease: Lease, flagged: bool) -> Result<Driven> {
-    let store = engine.store();
-    let lease_ms = lease_ms(engine);
-    let retry = &engine.config().retry;
+async fn run(ctx: &Context, lease: Lease, flagged: bool) -> Result<Driven> {
+    let store = ctx.store();
+    let lease_ms = ctx.lease_ms();
+    let retry = &ctx.settings().retry;
     let escalation = Escalation {
         after_attempts: i64::from(retry.attention_after_attempts),
         after_ms: retry.attention_after.as_millis() as i64,
@@ -242,12 +238,12 @@ async fn run(engine: &Engine, lease: Lease, flagged: bool) -> Result<Driven> {
                 },
             ),
             Plan::Execute { group, last } => {
-                let outcomes = call_group(engine, Op::Execute, &group).await;
+                let outcomes = call_group(ctx, Op::Execute, &group).await;
                 let then = after_execute(&group, &outcomes, last, escalation);
                 (outcomes, then)
             }
             Plan::Compensate { group, last } => {
-                let outcomes = call_group(engine, Op::Compensate, &group).await;
+                let outcomes = call_group(ctx, Op::Compensate, &group).await;
                 let then = after_compensate(&outcomes, last, escalation);
                 (outcomes, then)
             }
@@ -444,40 +440,28 @@ fn groups(steps: &[Step]) -> Vec<Range<usize>> {
     groups
 }
 
-/// A saga call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Execute,
-    Compensate,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Execute => "execute",
-            Op::Compensate => "compensate",
-        }
-    }
-}
-
-/// Calls `op` on every step of a group concurrently and classifies the answers.
-async fn call_group(engine: &Engine, op: Op, group: &[&Step]) -> Vec<(u32, StepOutcome)> {
-    let retry = &engine.config().retry;
+/// Calls `op` (Execute or Compensate) on every step of a group concurrently and classifies
+/// the answers.
+async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> Vec<(u32, StepOutcome)> {
+    let retry = &ctx.settings().retry;
     let calls = group.iter().map(|step| async move {
         let branch = &step.branch;
-        let outcome = match call(engine, op, step).await {
-            Ok(()) => StepOutcome::Done(match op {
-                Op::Execute => BranchStatus::Executed,
+        let payload: Bytes = match (op, &step.compensation) {
+            (Op::Compensate, Some(compensation)) => compensation.clone(),
+            _ => branch.payload.clone(),
+        };
+        let outcome = match ctx.participants().call(op, branch, payload).await {
+            Answer::Ok => StepOutcome::Done(match op {
                 Op::Compensate => BranchStatus::Compensated,
+                _ => BranchStatus::Executed,
             }),
-            // Only a forward step may refuse; a refused Compensate is retried like any
-            // other failure, since compensation must not give up.
-            Err(status) if status.code() == Code::Aborted && op == Op::Execute => {
-                info!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, reason = status.message(), "step refused");
-                StepOutcome::Refused(status.message().to_owned())
+            // Only a forward step may refuse (`Op::may_refuse`); compensation must not
+            // give up, so its refusal comes back as a failure and is retried.
+            Answer::Refused(reason) => {
+                info!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, %reason, "step refused");
+                StepOutcome::Refused(reason)
             }
-            Err(status) => {
-                let error = format!("{} failed: {:?}: {}", op.as_str(), status.code(), status.message());
+            Answer::Failed(error) => {
                 warn!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, %error, "saga call failed");
                 let attempts = u32::try_from(branch.attempts).unwrap_or(u32::MAX);
                 StepOutcome::Failed {
@@ -489,58 +473,6 @@ async fn call_group(engine: &Engine, op: Op, group: &[&Step]) -> Vec<(u32, StepO
         (branch.branch_id, outcome)
     });
     join_all(calls).await
-}
-
-/// One Execute or Compensate call. Errors that are not the participant's answer (unknown
-/// participant, timeout) come back as UNAVAILABLE, so that they are retried.
-async fn call(engine: &Engine, op: Op, step: &Step) -> Result<(), tonic::Status> {
-    let branch = &step.branch;
-    let resolved = match engine.directory().resolve(&branch.participant).await {
-        Ok(Some(resolved)) => resolved,
-        Ok(None) => {
-            return Err(tonic::Status::unavailable(format!(
-                "participant {:?} is not registered",
-                branch.participant
-            )));
-        }
-        Err(e) => {
-            return Err(tonic::Status::unavailable(format!(
-                "directory lookup failed: {e}"
-            )));
-        }
-    };
-    let payload: Bytes = match (op, &step.compensation) {
-        (Op::Compensate, Some(compensation)) => compensation.clone(),
-        _ => branch.payload.clone(),
-    };
-    let timeout = engine.config().call_timeout;
-    let mut request = tonic::Request::new(pb::BranchRequest {
-        gid: branch.gid.clone(),
-        branch_id: branch.branch_id,
-        action: branch.action.clone(),
-        payload,
-    });
-    request.set_timeout(timeout);
-    let metadata = request.metadata_mut();
-    if let Ok(gid) = MetadataValue::try_from(branch.gid.as_str()) {
-        metadata.insert("settle-gid", gid);
-    }
-    metadata.insert("settle-branch-id", MetadataValue::from(branch.branch_id));
-    metadata.insert("settle-op", MetadataValue::from_static(op.as_str()));
-    let mut client = resolved.client;
-    let answer = async {
-        match op {
-            Op::Execute => client.execute(request).await,
-            Op::Compensate => client.compensate(request).await,
-        }
-    };
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(status)) => Err(status),
-        Err(_) => Err(tonic::Status::unavailable(format!(
-            "timed out after {timeout:?}"
-        ))),
-    }
 }
 
 #[cfg(test)]

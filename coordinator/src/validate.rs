@@ -2,8 +2,8 @@
 //! size, timeouts, labels and endpoints. Each check returns [`Invalid`] with a message
 //! meant for the caller; the gRPC layer answers it as `INVALID_ARGUMENT`.
 //!
-//! Limits that operators may change (payload size, branches per transaction) come from
-//! [`crate::Limits`]; the rest are fixed here.
+//! Limits that operators may change (payload size, branches per transaction) are
+//! [`Limits`]; the rest are fixed here.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,6 +11,24 @@ use std::{collections::HashMap, time::Duration};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
+
+/// Input limits an operator may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest branch payload, in bytes.
+    pub max_payload: usize,
+    /// Most branches in one transaction.
+    pub max_branches: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: 64 * 1024,
+            max_branches: 64,
+        }
+    }
+}
 
 fn invalid(msg: impl Into<String>) -> Invalid {
     Invalid(msg.into())

@@ -1,5 +1,5 @@
 //! `settle.v1.Admin` over [`crate::admin::Admin`]: wire conversions, the acting operator's
-//! name from the `x-settle-actor` header, the mapping of admin errors to status codes, and
+//! name from the `x-settle-actor` header, and
 //! [`AdminAuth`], the interceptor that demands `authorization: Bearer <token>` when a token
 //! is configured.
 //!
@@ -15,23 +15,9 @@ use settle_proto::{
 use tonic::{Request, Response, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
-    admin::{self, Admin, DEFAULT_ACTOR, ListQuery, Outcome},
+    admin::{Admin, DEFAULT_ACTOR, ListQuery, Outcome},
     model::Status as TxStatus,
 };
-
-impl From<admin::Error> for Status {
-    fn from(error: admin::Error) -> Status {
-        match error {
-            admin::Error::Invalid(e) => Status::invalid_argument(e.0),
-            admin::Error::NotFound(msg) => Status::not_found(msg),
-            admin::Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
-            admin::Error::Store(e) => {
-                tracing::error!(error = %e, "store failed");
-                Status::unavailable(format!("coordinator store unavailable: {e}"))
-            }
-        }
-    }
-}
 
 /// Checks the bearer token on every Admin call. Without a configured token every call
 /// passes; the coordinator refuses to start that way on a non-loopback address.

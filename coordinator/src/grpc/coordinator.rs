@@ -6,7 +6,7 @@ use tracing::Span;
 
 use crate::{
     engine::Engine,
-    saga::{self, Submission},
+    saga::Submission,
     store::{NewBranch, saga::NewStep},
 };
 
@@ -56,6 +56,7 @@ impl Coordinator for CoordinatorService {
             .collect();
         let begun = self
             .engine
+            .tcc()
             .begin(&req.gid, req.timeout_ms, &req.labels, &branches)
             .await?;
         Span::current().record("gid", begun.tx.gid.as_str());
@@ -83,6 +84,7 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         let registered = self
             .engine
+            .tcc()
             .register_branch(&req.gid, &req.participant, &req.action, &req.payload)
             .await?;
         Ok(Response::new(pb::RegisterBranchResponse {
@@ -97,7 +99,7 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let req = request.into_inner();
-        let status = self.engine.commit(&req.gid, req.wait_ms).await?;
+        let status = self.engine.tcc().commit(&req.gid, req.wait_ms).await?;
         Ok(Response::new(pb::CommitResponse {
             status: status.to_proto() as i32,
         }))
@@ -111,6 +113,7 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         let status = self
             .engine
+            .tcc()
             .abort(&req.gid, &req.reason, req.wait_ms)
             .await?;
         Ok(Response::new(pb::AbortResponse {
@@ -146,17 +149,16 @@ impl Coordinator for CoordinatorService {
                 group: step.group,
             })
             .collect();
-        let submitted = saga::submit(
-            &self.engine,
-            Submission {
+        let submitted = self
+            .engine
+            .submit_saga(Submission {
                 gid: req.gid,
                 steps,
                 timeout_ms: req.timeout_ms,
                 labels: req.labels,
                 wait_ms: req.wait_ms,
-            },
-        )
-        .await?;
+            })
+            .await?;
         Span::current().record("gid", submitted.gid.as_str());
         Ok(Response::new(pb::SubmitSagaResponse {
             gid: submitted.gid,

@@ -1,5 +1,6 @@
 //! The gRPC edge: the `settle.v1.Coordinator` and `settle.v1.Admin` services, the mapping
-//! of engine errors to status codes (DESIGN.md §2), and the Admin token check.
+//! of [`Error`] to status codes (ARCHITECTURE.md, "The protocol"), and the Admin token
+//! check.
 //!
 //! Nothing here makes decisions; every call is handed to the engine or to `crate::admin`.
 
@@ -11,7 +12,7 @@ pub use coordinator::CoordinatorService;
 
 use tonic::Status;
 
-use crate::engine::Error;
+use crate::error::Error;
 
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
@@ -19,7 +20,6 @@ impl From<Error> for Status {
             Error::Invalid(e) => Status::invalid_argument(e.0),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
-            Error::Unimplemented(msg) => Status::unimplemented(msg),
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failed");
                 Status::unavailable(format!("coordinator store unavailable: {e}"))

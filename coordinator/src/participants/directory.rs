@@ -7,7 +7,7 @@
 //! is how an endpoint change made through another instance reaches this one. Channels are
 //! created once per endpoint and connect lazily; tonic reconnects them as needed.
 //!
-//! The directory does not decide when to call a participant; the engine does.
+//! The directory does not make calls; `participants/mod.rs` does.
 
 use std::{
     collections::HashMap,

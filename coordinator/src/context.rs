@@ -1,0 +1,98 @@
+//! What TCC and saga mode share: the store, the participants and how to call them, the
+//! settings, and the name this instance takes leases under. `crate::tcc` and `crate::saga`
+//! are peers on top of a [`Context`]; neither knows the other.
+//!
+//! The context holds no rules of its own beyond the few both modes apply the same way
+//! (a lease's length, never reusing a retired gid).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    error::{Error, Result},
+    participants::Participants,
+    retry::RetryPolicy,
+    store::Store,
+    validate::Limits,
+};
+
+/// The rules' settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Input limits.
+    pub limits: Limits,
+    /// Phase-two retry spacing and escalation.
+    pub retry: RetryPolicy,
+    /// Timeout of one call to a participant.
+    pub call_timeout: Duration,
+    /// How long a decision or claim owns a transaction. At least twice `call_timeout`, so
+    /// that a healthy owner never loses a transaction in the middle of a round (whose calls
+    /// run concurrently); it is also how long a crashed owner's work waits to be resumed.
+    pub lease: Duration,
+}
+
+/// The shared state of both modes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    participants: Participants,
+    settings: Settings,
+    instance: String,
+}
+
+impl Context {
+    /// A context on `store`, identified as `instance` in leases.
+    pub fn new(store: Store, settings: Settings, instance: String) -> Context {
+        let participants = Participants::new(store.clone(), settings.call_timeout);
+        Context {
+            inner: Arc::new(Inner {
+                store,
+                participants,
+                settings,
+                instance,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The participants and the calls to them.
+    pub fn participants(&self) -> &Participants {
+        &self.inner.participants
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// This instance's lease owner id.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The lease length, in the store's milliseconds.
+    pub fn lease_ms(&self) -> i64 {
+        i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Refuses a client-chosen gid whose earlier transaction was removed by retention:
+    /// participants still hold barrier rows under it. (Generated gids are new by
+    /// construction.)
+    pub async fn refuse_retired(&self, gid: &str) -> Result<()> {
+        if self.inner.store.is_retired(gid).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "gid {gid} belonged to a transaction that finished long ago; gids are never \
+                 reused, choose another"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Every call the coordinator makes to a participant: Confirm and Cancel for TCC, Execute
+//! and Compensate for sagas. [`Participants::call`] resolves the branch's participant in
+//! the [`directory`], builds the request with the protocol's metadata (gid, branch id and
+//! op, from `settle_proto::metadata`), bounds it by the call timeout, and classifies the
+//! answer as [`Answer::Ok`], [`Answer::Refused`] or [`Answer::Failed`].
+//!
+//! This is the one place a participant call is made, so whatever every call needs (TLS,
+//! trace propagation, per-participant limits, metrics) is one change here. What an answer
+//! means for the transaction (a refused Execute starts compensation, a failure is retried)
+//! is for `crate::tcc` and `crate::saga` to decide.
+
+pub mod directory;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use settle_proto::{metadata, v1 as pb};
+use tonic::{Code, metadata::MetadataValue};
+
+use crate::{
+    model::Branch,
+    store::{self, Store},
+};
+use directory::{Directory, Resolved};
+
+/// A call the coordinator makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// TCC phase two after commit.
+    Confirm,
+    /// TCC phase two after abort.
+    Cancel,
+    /// A saga's forward step.
+    Execute,
+    /// A saga's compensation.
+    Compensate,
+}
+
+impl Op {
+    /// As the `settle-op` metadata and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+            Op::Execute => "execute",
+            Op::Compensate => "compensate",
+        }
+    }
+
+    /// Whether a participant may refuse this call for good. Only a forward step may: a
+    /// Try that succeeded makes its Confirm and Cancel certain, and a compensation must
+    /// not give up, so an ABORTED answer to those is a failure like any other.
+    pub fn may_refuse(self) -> bool {
+        self == Op::Execute
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The participant did it.
+    Ok,
+    /// The participant said no for good (`ABORTED`, to an op that [may refuse](Op::may_refuse)),
+    /// with its reason.
+    Refused(String),
+    /// Anything else: an error status, a timeout, an unknown participant. Worth retrying.
+    Failed(String),
+}
+
+/// The participants the coordinator calls, and how.
+#[derive(Debug)]
+pub struct Participants {
+    directory: Directory,
+    call_timeout: Duration,
+}
+
+impl Participants {
+    /// Participants known to `store`, each call bounded by `call_timeout` (which also
+    /// bounds connecting).
+    pub fn new(store: Store, call_timeout: Duration) -> Participants {
+        Participants {
+            directory: Directory::new(store, call_timeout),
+            call_timeout,
+        }
+    }
+
+    /// Records `name` at `endpoint` (already validated), durably.
+    pub async fn register(&self, name: &str, endpoint: &str) -> Result<(), store::Error> {
+        self.directory.register(name, endpoint).await.map(|_| ())
+    }
+
+    /// The endpoint of `name`, if it is registered.
+    pub async fn endpoint(&self, name: &str) -> Result<Option<String>, store::Error> {
+        Ok(self.directory.resolve(name).await?.map(|r| r.endpoint))
+    }
+
+    /// Calls `op` on `branch`'s participant with `payload`.
+    pub async fn call(&self, op: Op, branch: &Branch, payload: Bytes) -> Answer {
+        let op_name = op.as_str();
+        let client = match self.directory.resolve(&branch.participant).await {
+            Ok(Some(Resolved { client, .. })) => client,
+            Ok(None) => {
+                return Answer::Failed(format!(
+                    "{op_name} failed: participant {:?} is not registered",
+                    branch.participant
+                ));
+            }
+            Err(e) => return Answer::Failed(format!("{op_name} failed: directory lookup: {e}")),
+        };
+        let mut request = tonic::Request::new(pb::BranchRequest {
+            gid: branch.gid.clone(),
+            branch_id: branch.branch_id,
+            action: branch.action.clone(),
+            payload,
+        });
+        request.set_timeout(self.call_timeout);
+        let headers = request.metadata_mut();
+        if let Ok(gid) = MetadataValue::try_from(branch.gid.as_str()) {
+            headers.insert(metadata::GID, gid);
+        }
+        headers.insert(metadata::BRANCH_ID, MetadataValue::from(branch.branch_id));
+        headers.insert(metadata::OP, MetadataValue::from_static(op_name));
+        let mut client = client;
+        let answer = async {
+            match op {
+                Op::Confirm => client.confirm(request).await,
+                Op::Cancel => client.cancel(request).await,
+                Op::Execute => client.execute(request).await,
+                Op::Compensate => client.compensate(request).await,
+            }
+        };
+        match tokio::time::timeout(self.call_timeout, answer).await {
+            Ok(Ok(_)) => Answer::Ok,
+            Ok(Err(status)) if status.code() == Code::Aborted && op.may_refuse() => {
+                Answer::Refused(status.message().to_owned())
+            }
+            Ok(Err(status)) => Answer::Failed(format!(
+                "{op_name} failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+            Err(_) => Answer::Failed(format!(
+                "{op_name} failed: {:?}: timed out after {:?}",
+                Code::Unavailable,
+                self.call_timeout
+            )),
+        }
+    }
+}
