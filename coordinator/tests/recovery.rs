@@ -9,10 +9,6 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-#[allow(dead_code)]
-#[path = "../../examples/stock.rs"]
-mod stock;
-
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -30,6 +26,7 @@ use common::{
 use settle::{Branch, Participant, participant::Error};
 use settle_coordinator::{retry::RetryPolicy, store::NewBranch};
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use settle_testkit::stock;
 use sqlx::{AnyConnection, Row};
 use tonic::transport::Channel;
 
