@@ -1,76 +1,12 @@
-//! A complete Settle participant: a stock keeper in about fifty lines, plus its start-up. Try reserves
-//! units when enough are available (one conditional UPDATE), Confirm sells them, Cancel
-//! puts them back. The SDK's barrier makes duplicates and out-of-order calls harmless.
+//! The stock participant served on its own: it registers with a coordinator and reserves,
+//! sells and releases units in its own database. Its code, about fifty lines, is
+//! `testkit/src/stock.rs`, which the SDK's tests drive too.
 //!
 //! ```sh
 //! cargo run --example stock -- http://127.0.0.1:50051 sqlite://stock.db 127.0.0.1:7001 apple=10
 //! ```
 
-use serde::{Deserialize, Serialize};
-use settle::{Barrier, Branch, Participant, db::Database, participant::Error};
-use sqlx::AnyConnection;
-
-/// The payload of every call: which item, how many.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Reserve {
-    pub item: String,
-    pub qty: i64,
-}
-
-#[derive(Debug)]
-pub struct Stock;
-
-async fn apply(branch: &Branch, conn: &mut AnyConnection, sql: &'static str) -> Result<u64, Error> {
-    let r: Reserve = branch.json()?;
-    let done = sqlx::query(sql)
-        .bind(r.qty)
-        .bind(&r.item)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
-}
-
-impl Participant for Stock {
-    async fn r#try(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
-        let sql = "UPDATE stock SET available = available - $1, reserved = reserved + $1 \
-                   WHERE item = $2 AND available >= $1 AND $1 > 0";
-        match apply(branch, conn, sql).await? {
-            0 => Err(Error::refuse("not enough stock")),
-            _ => Ok(()),
-        }
-    }
-
-    async fn confirm(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
-        let sql = "UPDATE stock SET reserved = reserved - $1, sold = sold + $1 WHERE item = $2";
-        apply(branch, conn, sql).await.map(drop)
-    }
-
-    async fn cancel(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
-        let sql = "UPDATE stock SET reserved = reserved - $1, available = available + $1 \
-                   WHERE item = $2";
-        apply(branch, conn, sql).await.map(drop)
-    }
-}
-
-/// Opens the database, creating the barrier and the stock table, and adds `seeds`.
-pub async fn open(url: &str, seeds: &[(&str, i64)]) -> Result<Barrier, Box<dyn std::error::Error>> {
-    let barrier = Barrier::new(Database::connect(url, 8).await?);
-    barrier.migrate().await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS stock (item TEXT PRIMARY KEY, available BIGINT NOT NULL, \
-         reserved BIGINT NOT NULL DEFAULT 0, sold BIGINT NOT NULL DEFAULT 0)",
-    )
-    .execute(barrier.database().pool())
-    .await?;
-    for (item, qty) in seeds {
-        sqlx::query("INSERT INTO stock (item, available) VALUES ($1, $2)")
-            .bind(*item)
-            .bind(*qty)
-            .execute(barrier.database().pool())
-            .await?;
-    }
-    Ok(barrier)
-}
+use settle_testkit::stock::{self, Stock};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (item, qty) = s.split_once('=').ok_or("seeds are ITEM=QTY")?;
         stock.push((item, qty.parse()?));
     }
-    let barrier = open(database, &stock).await?;
+    let barrier = stock::open(database, &stock).await?;
     let listener = tokio::net::TcpListener::bind(listen.as_str()).await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

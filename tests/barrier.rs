@@ -1,19 +1,13 @@
-//! The barrier, through a real participant server (the `stock` example) on SQLite and
-//! PostgreSQL, each with a transaction per call and with group commit
+//! The barrier, through a real participant server (the test kit's `stock` participant) on
+//! SQLite and PostgreSQL, each with a transaction per call and with group commit
 //! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
 //! Trys (alone and among others committed together), the Try/Cancel race, and retention.
 
-mod common;
-
-#[allow(dead_code)]
-#[path = "../examples/stock.rs"]
-mod stock;
-
 use std::time::Duration;
 
-use common::{Backend, TestDb};
 use settle::{Barrier, proto::v1 as pb};
 use settle_proto::v1::participant_client::ParticipantClient;
+use settle_testkit::{Backend, TestDb, stock};
 use sqlx::Row;
 use tonic::{Code, transport::Channel};
 
@@ -30,7 +24,7 @@ struct Fixture {
 macro_rules! each_mode {
     ($name:ident) => {
         mod $name {
-            use crate::common::Backend;
+            use settle_testkit::Backend;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {

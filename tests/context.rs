@@ -2,18 +2,12 @@
 //! `settle-gid`, `settle-branch-id` and `settle-op`, and the participant server's layer puts
 //! them into the span of the request.
 
-mod common;
-
-#[allow(dead_code)]
-#[path = "../examples/stock.rs"]
-mod stock;
-
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{Backend, TestDb, start_coordinator, test_config};
+use settle_testkit::{Backend, TestDb, start_coordinator, stock, test_config};
 use tracing::{
     Subscriber,
     field::{Field, Visit},

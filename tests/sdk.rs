@@ -1,16 +1,10 @@
-//! The SDK end to end: three `stock` example participants served with `settle::serve`, an
+//! The SDK end to end: three `stock` participants served with `settle::serve`, an
 //! in-process coordinator, and an initiator using `settle::Client`.
-
-mod common;
-
-#[allow(dead_code)]
-#[path = "../examples/stock.rs"]
-mod stock;
 
 use std::time::Duration;
 
-use common::{Backend, TestDb, start_coordinator, test_config};
 use settle::{Barrier, Client, client::Status, proto::v1 as pb};
+use settle_testkit::{Backend, TestDb, both, start_coordinator, stock, test_config};
 use sqlx::Row;
 
 struct Shop {
@@ -137,8 +131,9 @@ async fn a_dropped_transaction_is_aborted(backend: Backend) {
         assert_eq!(shop.stock().await[2], (6, 4, 0));
         tx.gid().to_owned()
     };
-    let mut coordinator_client = common::client(&coordinator.url()).await;
-    let aborted = common::wait_for_status(&mut coordinator_client, &gid, pb::Status::Aborted).await;
+    let mut coordinator_client = settle_testkit::client(&coordinator.url()).await;
+    let aborted =
+        settle_testkit::wait_for_status(&mut coordinator_client, &gid, pb::Status::Aborted).await;
     assert_eq!(aborted.reason, "dropped before commit");
     assert_eq!(
         shop.stock().await[2],

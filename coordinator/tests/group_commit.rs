@@ -2,18 +2,14 @@
 //! and round records — including several for the same gid at the same moment, which land in one
 //! batch — give exactly the answers they would give one after the other.
 
-#[allow(unused_macros, unused_imports)]
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{Backend, TestDb};
 use futures::future::join_all;
 use settle_coordinator::{
     model::{BranchStatus, Mode, Status},
     store::{BranchOutcome, Escalation, NewBranch, Refusal, RegisterRefusal, RoundResult, Store},
 };
+use settle_testkit::{Backend, TestDb, both};
 
 const GIDS: usize = 40;
 const COPIES: usize = 5;

@@ -5,14 +5,6 @@
 //! SIGKILL mid phase two finishes everything after a restart; two `settled` processes on
 //! one PostgreSQL database share a backlog without calling any branch twice.
 
-#[allow(unused_macros, unused_imports)]
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
-#[allow(dead_code)]
-#[path = "../../examples/stock.rs"]
-mod stock;
-
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -24,24 +16,19 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    Answer, Backend, Recorder, TestDb, client, get, start_coordinator, test_config, wait_for_status,
-};
 use settle::{Branch, Participant, participant::Error};
 use settle_coordinator::{retry::RetryPolicy, store::NewBranch};
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use settle_testkit::{
+    Answer, Backend, Recorder, TestDb, both, client, get, start_coordinator, stock, test_config,
+    wait_for_status,
+};
 use sqlx::{AnyConnection, Row};
 use tonic::transport::Channel;
 
 async fn recorder(client: &mut CoordinatorClient<Channel>, name: &str) -> Recorder {
     let recorder = Recorder::start().await;
-    client
-        .register_participant(pb::RegisterParticipantRequest {
-            name: name.to_owned(),
-            endpoint: recorder.url.clone(),
-        })
-        .await
-        .expect("register participant");
+    recorder.register(client, name).await;
     recorder
 }
 
@@ -431,7 +418,7 @@ async fn settled_killed_in_phase_two_finishes_everything_after_restart(backend: 
 
     open.store(true, Ordering::SeqCst);
     let restarted = Settled::start(&db.url);
-    let mut c = common::client(&restarted.url).await;
+    let mut c = settle_testkit::client(&restarted.url).await;
     for gid in &gids {
         wait_for_status(&mut c, gid, pb::Status::Committed).await;
     }

@@ -5,13 +5,11 @@
 //! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
 //! token rules; and `settled` refusing an exposed Admin API without a token.
 //!
-//! The database support comes from the workspace's `tests/common`; only tests in this
-//! package can run the `settlectl` binary.
+//! The databases and the recording participants come from `settle-testkit`; only tests in
+//! this package can run the `settlectl` binary.
 
 use std::{
-    collections::HashMap,
     process::{Command, Output, Stdio},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -20,19 +18,9 @@ use settle_coordinator::{
     Config, Coordinator, Running, engine::Engine, model::Status, recovery::RecoveryConfig,
     recovery::RecoveryLoop, retry::RetryPolicy,
 };
-use settle_proto::v1::{
-    self as pb,
-    coordinator_client::CoordinatorClient,
-    participant_server::{Participant, ParticipantServer},
-};
-use tokio::net::TcpListener;
-use tonic::{Request, Response, Status as RpcStatus, transport::Channel};
-
-#[allow(unused_imports)]
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
-use common::{Backend, TestDb};
+use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use settle_testkit::{Answer, Backend, Recorder, TestDb, both};
+use tonic::transport::Channel;
 
 /// Fast recovery passes and short retry delays; escalation after two failed rounds.
 fn test_config(url: &str) -> Config {
@@ -85,13 +73,7 @@ impl Harness {
 
     async fn participant(&mut self, name: &str) -> Recorder {
         let recorder = Recorder::start().await;
-        self.client
-            .register_participant(pb::RegisterParticipantRequest {
-                name: name.to_owned(),
-                endpoint: recorder.url.clone(),
-            })
-            .await
-            .expect("register participant");
+        recorder.register(&mut self.client, name).await;
         recorder
     }
 
@@ -186,99 +168,6 @@ impl Harness {
 
     async fn stop(self) {
         self.running.stop().await.expect("stop coordinator");
-    }
-}
-
-/// How a recording participant answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Ok,
-    /// A transient failure (UNAVAILABLE).
-    Fail,
-}
-
-/// A real tonic Participant server on 127.0.0.1:0 that counts calls per operation and
-/// answers as configured.
-#[derive(Clone)]
-struct Recorder {
-    url: String,
-    calls: Arc<Mutex<Vec<(&'static str, String)>>>,
-    answers: Arc<Mutex<HashMap<&'static str, Answer>>>,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let recorder = Recorder {
-            url,
-            calls: Arc::default(),
-            answers: Arc::default(),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ParticipantServer::new(recorder.clone()))
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
-        );
-        recorder
-    }
-
-    fn answer(&self, op: &'static str, answer: Answer) {
-        self.answers.lock().expect("answers").insert(op, answer);
-    }
-
-    fn calls_of(&self, op: &str, gid: &str) -> usize {
-        let calls = self.calls.lock().expect("calls");
-        calls.iter().filter(|(o, g)| *o == op && g == gid).count()
-    }
-
-    fn record(
-        &self,
-        op: &'static str,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        let gid = request.into_inner().gid;
-        self.calls.lock().expect("calls").push((op, gid));
-        match self.answers.lock().expect("answers").get(op) {
-            None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
-            Some(Answer::Fail) => Err(RpcStatus::unavailable("temporarily failing")),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Participant for Recorder {
-    async fn r#try(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        self.record("try", request)
-    }
-    async fn confirm(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        self.record("confirm", request)
-    }
-    async fn cancel(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        self.record("cancel", request)
-    }
-    async fn execute(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        self.record("execute", request)
-    }
-    async fn compensate(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, RpcStatus> {
-        self.record("compensate", request)
     }
 }
 

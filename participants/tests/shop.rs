@@ -2,11 +2,8 @@
 //! every invariant; refusals leave nothing held; a refund restores stock, money and points
 //! exactly once even when it is replayed or its phase two has to be retried.
 
-mod common;
-
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use common::{Backend, TestDb, start_coordinator, test_config};
 use futures::StreamExt;
 use settle::{Client, server::Serving};
 use settle_participants::{
@@ -18,6 +15,7 @@ use settle_participants::{
     points::Points,
     shop,
 };
+use settle_testkit::{Backend, TestDb, both, start_coordinator, test_config};
 
 const SKU: &str = "SKU-1";
 
@@ -556,10 +554,10 @@ async fn refund_phase_two_is_retried_until_done(backend: Backend) {
         settle::client::Status::Committing,
         "inventory is down"
     );
-    let mut raw = common::client(&coordinator.url()).await;
+    let mut raw = settle_testkit::client(&coordinator.url()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let tx = common::get(&mut raw, &gid).await;
+        let tx = settle_testkit::get(&mut raw, &gid).await;
         let inventory_branch = tx
             .branches
             .iter()
@@ -575,7 +573,7 @@ async fn refund_phase_two_is_retried_until_done(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shop.restart_service(shop::INVENTORY).await;
-    common::wait_for_status(&mut raw, &gid, settle::proto::v1::Status::Committed).await;
+    settle_testkit::wait_for_status(&mut raw, &gid, settle::proto::v1::Status::Committed).await;
 
     let stock = shop.stock().await;
     assert_eq!((stock.available, stock.reserved, stock.sold), (1, 0, 0));

@@ -6,15 +6,11 @@
 //! Most participants are one recording tonic server registered under several names, so that
 //! a single log holds the order of every call; the business-data test uses SDK participants.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use common::{Backend, TestDb, client, code, get, start_coordinator, test_config, wait_for_status};
 use serde::{Deserialize, Serialize};
 use settle::{
     Barrier, Branch, SagaOnly, SagaParticipant, db::Database, participant::Error as StepError,
@@ -26,210 +22,19 @@ use settle_proto::v1::{
     participant_client::ParticipantClient,
     participant_server::{Participant, ParticipantServer},
 };
+use settle_testkit::{
+    Answer, Backend, Recorder, TestDb, both, client, code, get, start_coordinator, test_config,
+    wait_for_status,
+};
 use sqlx::{AnyConnection, Row};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 
-/// One call the log received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Call {
-    op: &'static str,
-    gid: String,
-    branch_id: u32,
-    payload: Vec<u8>,
-    op_header: Option<String>,
-}
-
-/// How the log answers a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Ok,
-    /// A business refusal (ABORTED).
-    Refuse,
-    /// A transient failure (UNAVAILABLE).
-    Fail,
-}
-
-/// A participant server that records every call in one ordered log and answers per
-/// (op, branch id). Calls of a rendezvous op on its branches wait until all of them are in
-/// flight at once, which only happens when the coordinator sends them concurrently.
-#[derive(Clone)]
-struct Log {
-    url: String,
-    calls: Arc<watch::Sender<Vec<Call>>>,
-    answers: Arc<Mutex<HashMap<(&'static str, u32), Answer>>>,
-    rendezvous: Arc<Mutex<HashMap<&'static str, HashSet<u32>>>>,
-    in_flight: Arc<watch::Sender<HashMap<&'static str, usize>>>,
-    missed: Arc<Mutex<Vec<(&'static str, u32)>>>,
-}
-
-impl Log {
-    async fn start() -> Log {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let log = Log {
-            url: format!("http://{}", listener.local_addr().expect("addr")),
-            calls: Arc::new(watch::channel(Vec::new()).0),
-            answers: Arc::default(),
-            rendezvous: Arc::default(),
-            in_flight: Arc::new(watch::channel(HashMap::new()).0),
-            missed: Arc::default(),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ParticipantServer::new(log.clone()))
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
-        );
-        log
-    }
-
-    /// Registers the log with the coordinator as `p1` … `pN`.
-    async fn register(&self, c: &mut CoordinatorClient<Channel>, n: u32) {
-        for i in 1..=n {
-            c.register_participant(pb::RegisterParticipantRequest {
-                name: format!("p{i}"),
-                endpoint: self.url.clone(),
-            })
-            .await
-            .expect("register participant");
-        }
-    }
-
-    fn answer(&self, op: &'static str, branch_id: u32, answer: Answer) {
-        self.answers
-            .lock()
-            .expect("answers")
-            .insert((op, branch_id), answer);
-    }
-
-    fn meet(&self, op: &'static str, branch_ids: &[u32]) {
-        self.rendezvous
-            .lock()
-            .expect("rendezvous")
-            .insert(op, branch_ids.iter().copied().collect());
-    }
-
-    /// (op, branch id) of every call for `gid`, in arrival order.
-    fn of(&self, gid: &str) -> Vec<(&'static str, u32)> {
-        self.calls
-            .borrow()
-            .iter()
-            .filter(|c| c.gid == gid)
-            .map(|c| (c.op, c.branch_id))
-            .collect()
-    }
-
-    fn count(&self, gid: &str, op: &str, branch_id: u32) -> usize {
-        self.of(gid)
-            .into_iter()
-            .filter(|&(o, b)| o == op && b == branch_id)
-            .count()
-    }
-
-    async fn wait_until(&self, what: &str, mut pred: impl FnMut(&[Call]) -> bool) {
-        let mut rx = self.calls.subscribe();
-        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|calls| pred(calls)))
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}; calls: {:?}", self.calls()))
-            .expect("log alive");
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.calls.borrow().clone()
-    }
-
-    async fn handle(
-        &self,
-        op: &'static str,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        let op_header = request
-            .metadata()
-            .get("settle-op")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let req = request.into_inner();
-        self.calls.send_modify(|calls| {
-            calls.push(Call {
-                op,
-                gid: req.gid.clone(),
-                branch_id: req.branch_id,
-                payload: req.payload.to_vec(),
-                op_header,
-            })
-        });
-        let meeting = self
-            .rendezvous
-            .lock()
-            .expect("rendezvous")
-            .get(op)
-            .filter(|ids| ids.contains(&req.branch_id))
-            .map(HashSet::len);
-        if let Some(expected) = meeting {
-            self.in_flight
-                .send_modify(|n| *n.entry(op).or_default() += 1);
-            let mut rx = self.in_flight.subscribe();
-            // Shorter than the coordinator's call timeout, so a miss is reported here.
-            let met = tokio::time::timeout(
-                Duration::from_millis(1500),
-                rx.wait_for(|n| n.get(op).copied().unwrap_or(0) >= expected),
-            )
-            .await
-            .is_ok();
-            if !met {
-                self.missed
-                    .lock()
-                    .expect("missed")
-                    .push((op, req.branch_id));
-                return Err(Status::unavailable("rendezvous missed"));
-            }
-        }
-        let answer = self
-            .answers
-            .lock()
-            .expect("answers")
-            .get(&(op, req.branch_id))
-            .copied();
-        match answer {
-            None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
-            Some(Answer::Refuse) => Err(Status::aborted("refused by the test")),
-            Some(Answer::Fail) => Err(Status::unavailable("down for the test")),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Participant for Log {
-    async fn r#try(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        self.handle("try", request).await
-    }
-    async fn confirm(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        self.handle("confirm", request).await
-    }
-    async fn cancel(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        self.handle("cancel", request).await
-    }
-    async fn execute(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        self.handle("execute", request).await
-    }
-    async fn compensate(
-        &self,
-        request: Request<pb::BranchRequest>,
-    ) -> Result<Response<pb::BranchResponse>, Status> {
-        self.handle("compensate", request).await
+/// Registers the recorder with the coordinator as `p1` … `pN`, so that one log holds the
+/// order of every call.
+async fn register(log: &Recorder, c: &mut CoordinatorClient<Channel>, n: u32) {
+    for i in 1..=n {
+        log.register(c, &format!("p{i}")).await;
     }
 }
 
@@ -274,8 +79,8 @@ async fn all_steps_execute_once_in_order_and_commit(backend: Backend) {
     let db = TestDb::new(backend).await;
     let coordinator = start_coordinator(test_config(&db.url)).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 3).await;
+    let log = Recorder::start().await;
+    register(&log, &mut c, 3).await;
 
     let submitted = submit(&mut c, "saga-ok", sequential(3), 30_000, 10_000)
         .await
@@ -283,7 +88,7 @@ async fn all_steps_execute_once_in_order_and_commit(backend: Backend) {
     assert_eq!(submitted.gid, "saga-ok");
     assert_eq!(submitted.status(), pb::Status::Committed);
     assert_eq!(
-        log.of("saga-ok"),
+        log.ops_of("saga-ok"),
         [("execute", 1), ("execute", 2), ("execute", 3)]
     );
     let calls = log.calls();
@@ -314,9 +119,9 @@ async fn a_refused_step_compensates_the_earlier_ones_in_reverse(backend: Backend
     let db = TestDb::new(backend).await;
     let coordinator = start_coordinator(test_config(&db.url)).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 4).await;
-    log.answer("execute", 3, Answer::Refuse);
+    let log = Recorder::start().await;
+    register(&log, &mut c, 4).await;
+    log.answer_branch("execute", 3, Answer::Refuse);
 
     let mut steps = sequential(4);
     steps[0].compensation_payload = b"undo-1".to_vec().into();
@@ -327,7 +132,7 @@ async fn a_refused_step_compensates_the_earlier_ones_in_reverse(backend: Backend
     // The refused step gets a Compensate too: its Execute rolled back its own barrier row,
     // so it is an empty compensation, and it blocks that Execute should it arrive again.
     assert_eq!(
-        log.of("saga-refused"),
+        log.ops_of("saga-refused"),
         [
             ("execute", 1),
             ("execute", 2),
@@ -372,10 +177,10 @@ async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backe
     config.retry.attention_after_attempts = 2;
     let coordinator = start_coordinator(config).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 3).await;
-    log.answer("execute", 3, Answer::Refuse);
-    log.answer("compensate", 1, Answer::Fail);
+    let log = Recorder::start().await;
+    register(&log, &mut c, 3).await;
+    log.answer_branch("execute", 3, Answer::Refuse);
+    log.answer_branch("compensate", 1, Answer::Fail);
 
     let submitted = submit(&mut c, "saga-down", sequential(3), 30_000, 0)
         .await
@@ -409,10 +214,10 @@ async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backe
     use pb::BranchStatus::{Compensated, Executed};
     assert_eq!(statuses(&tx), [Executed, Compensated, Compensated]);
 
-    log.answer("compensate", 1, Answer::Ok);
+    log.answer_branch("compensate", 1, Answer::Ok);
     let tx = wait_for_status(&mut c, "saga-down", pb::Status::Aborted).await;
     assert_eq!(statuses(&tx), [Compensated; 3]);
-    let order = log.of("saga-down");
+    let order = log.ops_of("saga-down");
     let first_of_1 = order
         .iter()
         .position(|&call| call == ("compensate", 1))
@@ -425,8 +230,8 @@ async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backe
         of_2 < first_of_1,
         "reverse order kept across retries: {order:?}"
     );
-    assert_eq!(log.count("saga-down", "compensate", 2), 1);
-    assert_eq!(log.count("saga-down", "compensate", 3), 1);
+    assert_eq!(log.calls_of_branch("compensate", "saga-down", 2), 1);
+    assert_eq!(log.calls_of_branch("compensate", "saga-down", 3), 1);
     coordinator.stop().await.expect("stop");
 }
 both!(a_participant_down_during_compensation_gets_it_when_back);
@@ -437,9 +242,9 @@ async fn a_coordinator_restart_mid_saga_resumes_it(backend: Backend) {
     config.retry.attention_after_attempts = 1;
     let coordinator = start_coordinator(config.clone()).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 3).await;
-    log.answer("execute", 2, Answer::Fail);
+    let log = Recorder::start().await;
+    register(&log, &mut c, 3).await;
+    log.answer_branch("execute", 2, Answer::Fail);
 
     let submitted = submit(&mut c, "saga-restart", sequential(3), 60_000, 0)
         .await
@@ -461,21 +266,21 @@ async fn a_coordinator_restart_mid_saga_resumes_it(backend: Backend) {
     );
     coordinator.stop().await.expect("stop");
 
-    log.answer("execute", 2, Answer::Ok);
+    log.answer_branch("execute", 2, Answer::Ok);
     let restarted = start_coordinator(config).await;
     let mut c = client(&restarted.url()).await;
     let tx = wait_for_status(&mut c, "saga-restart", pb::Status::Committed).await;
     assert_eq!(statuses(&tx), [pb::BranchStatus::Executed; 3]);
     assert!(tx.branches[1].attempts >= 2, "{:?}", tx.branches[1]);
     assert_eq!(
-        log.count("saga-restart", "execute", 1),
+        log.calls_of_branch("execute", "saga-restart", 1),
         1,
         "done steps stay done"
     );
-    assert_eq!(log.count("saga-restart", "execute", 3), 1);
-    assert!(log.count("saga-restart", "execute", 2) >= 3);
+    assert_eq!(log.calls_of_branch("execute", "saga-restart", 3), 1);
+    assert!(log.calls_of_branch("execute", "saga-restart", 2) >= 3);
     assert_eq!(
-        log.of("saga-restart")
+        log.ops_of("saga-restart")
             .iter()
             .filter(|(op, _)| *op == "compensate")
             .count(),
@@ -489,9 +294,9 @@ async fn a_passed_deadline_compensates_what_may_have_executed(backend: Backend) 
     let db = TestDb::new(backend).await;
     let coordinator = start_coordinator(test_config(&db.url)).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 3).await;
-    log.answer("execute", 2, Answer::Fail);
+    let log = Recorder::start().await;
+    register(&log, &mut c, 3).await;
+    log.answer_branch("execute", 2, Answer::Fail);
 
     submit(&mut c, "saga-late", sequential(3), 2_000, 0)
         .await
@@ -501,13 +306,13 @@ async fn a_passed_deadline_compensates_what_may_have_executed(backend: Backend) 
     // Step 2 failed but may have executed (an answer can be lost): it is compensated. Step
     // 3 was never sent and is left alone.
     let compensations: Vec<u32> = log
-        .of("saga-late")
+        .ops_of("saga-late")
         .into_iter()
         .filter(|(op, _)| *op == "compensate")
         .map(|(_, id)| id)
         .collect();
     assert_eq!(compensations, [2, 1]);
-    assert_eq!(log.count("saga-late", "execute", 3), 0);
+    assert_eq!(log.calls_of_branch("execute", "saga-late", 3), 0);
     use pb::BranchStatus::{Compensated, Pending};
     assert_eq!(statuses(&tx), [Compensated, Compensated, Pending]);
     coordinator.stop().await.expect("stop");
@@ -518,11 +323,11 @@ async fn a_parallel_group_runs_its_steps_concurrently(backend: Backend) {
     let db = TestDb::new(backend).await;
     let coordinator = start_coordinator(test_config(&db.url)).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 5).await;
+    let log = Recorder::start().await;
+    register(&log, &mut c, 5).await;
     log.meet("execute", &[2, 3]);
     log.meet("compensate", &[2, 3]);
-    log.answer("execute", 5, Answer::Refuse);
+    log.answer_branch("execute", 5, Answer::Refuse);
 
     let steps = vec![step(1, 0), step(2, 9), step(3, 9), step(4, 0), step(5, 0)];
     let submitted = submit(&mut c, "saga-parallel", steps, 30_000, 10_000)
@@ -530,10 +335,10 @@ async fn a_parallel_group_runs_its_steps_concurrently(backend: Backend) {
         .expect("submit");
     assert_eq!(submitted.status(), pb::Status::Aborted);
     assert!(
-        log.missed.lock().expect("missed").is_empty(),
+        log.missed().is_empty(),
         "both calls of the group were in flight together"
     );
-    let order = log.of("saga-parallel");
+    let order = log.ops_of("saga-parallel");
     assert_eq!(order.len(), 10, "{order:?}");
     assert_eq!(order[0], ("execute", 1));
     let middle: HashSet<_> = order[1..3].iter().copied().collect();
@@ -564,8 +369,8 @@ async fn submit_is_idempotent_and_bad_input_gets_exact_codes(backend: Backend) {
     config.limits.max_branches = 3;
     let coordinator = start_coordinator(config).await;
     let mut c = client(&coordinator.url()).await;
-    let log = Log::start().await;
-    log.register(&mut c, 3).await;
+    let log = Recorder::start().await;
+    register(&log, &mut c, 3).await;
 
     // Concurrent submissions of one gid: one saga, each step executed once.
     let submissions = (0..5).map(|_| {
@@ -587,7 +392,7 @@ async fn submit_is_idempotent_and_bad_input_gets_exact_codes(backend: Backend) {
     assert_eq!(again.status(), pb::Status::Committed);
     assert_eq!(get(&mut c, "saga-once").await.branches.len(), 3);
     for i in 1..=3 {
-        assert_eq!(log.count("saga-once", "execute", i), 1);
+        assert_eq!(log.calls_of_branch("execute", "saga-once", i), 1);
     }
 
     let tcc = c

@@ -1,16 +1,17 @@
 //! End-to-end tests of the TCC coordinator over real gRPC, each on SQLite and PostgreSQL.
 //! The participants are small recording tonic servers; the initiator is a raw client.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{
-    Answer, Backend, Recorder, TestDb, client, code, get, start_coordinator, test_config,
-    wait_for_status,
+use settle_proto::{
+    metadata,
+    v1::{
+        self as pb, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
+    },
 };
-use settle_proto::v1::{
-    self as pb, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
+use settle_testkit::{
+    Answer, Backend, Recorder, TestDb, both, client, code, get, start_coordinator, test_config,
+    wait_for_status,
 };
 use tonic::{Code, transport::Channel};
 
@@ -19,13 +20,7 @@ async fn participants(client: &mut CoordinatorClient<Channel>) -> Vec<Recorder> 
     let mut recorders = Vec::new();
     for i in 0..3 {
         let recorder = Recorder::start().await;
-        client
-            .register_participant(pb::RegisterParticipantRequest {
-                name: format!("p{i}"),
-                endpoint: recorder.url.clone(),
-            })
-            .await
-            .expect("register participant");
+        recorder.register(client, &format!("p{i}")).await;
         recorders.push(recorder);
     }
     recorders
@@ -131,7 +126,8 @@ async fn commit_confirms_every_branch_once(backend: Backend) {
         assert_eq!(
             confirm.op_header.as_deref(),
             Some("confirm"),
-            "settle-op metadata"
+            "{} metadata",
+            metadata::OP
         );
     }
     coordinator.stop().await.expect("stop");

@@ -1,0 +1,17 @@
+//! What the workspace's tests share, so that each test file holds only its tests: a fresh
+//! database per test and the `both!` macro that runs a test on SQLite and on PostgreSQL
+//! ([`db`]), an in-process coordinator and the calls every test makes of it
+//! ([`coordinator`]), a participant that records every call and answers as the test says
+//! ([`recorder`]), and the `stock` participant that the SDK tests drive ([`stock`]).
+//!
+//! Helpers that one test file alone needs stay in that file. This crate is never published;
+//! crates take it as a dev-dependency.
+
+pub mod coordinator;
+pub mod db;
+pub mod recorder;
+pub mod stock;
+
+pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
+pub use db::{Backend, TestDb, postgres_admin_url, run};
+pub use recorder::{Answer, Call, Recorder};
