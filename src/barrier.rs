@@ -31,51 +31,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// The operation a call performs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// TCC phase one.
-    Try,
-    /// TCC commit.
-    Confirm,
-    /// TCC rollback.
-    Cancel,
-    /// Saga forward step.
-    Execute,
-    /// Saga compensation.
-    Compensate,
-}
-
-impl Op {
-    /// The stored name (also the `settle-op` metadata value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Try => "try",
-            Op::Confirm => "confirm",
-            Op::Cancel => "cancel",
-            Op::Execute => "execute",
-            Op::Compensate => "compensate",
-        }
-    }
-
-    /// For a rollback op, the forward op it undoes.
-    fn undoes(self) -> Option<Op> {
-        match self {
-            Op::Cancel => Some(Op::Try),
-            Op::Compensate => Some(Op::Execute),
-            _ => None,
-        }
-    }
-
-    /// For a forward op, the rollback op that may have blocked it.
-    fn undone_by(self) -> Option<Op> {
-        match self {
-            Op::Try => Some(Op::Cancel),
-            Op::Execute => Some(Op::Compensate),
-            _ => None,
-        }
-    }
-}
+pub use settle_proto::Op;
 
 /// What the barrier decided for one call.
 #[derive(Debug)]

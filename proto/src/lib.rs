@@ -18,13 +18,65 @@ pub mod metadata {
     pub const GID: &str = "settle-gid";
     /// On every participant call: the branch id.
     pub const BRANCH_ID: &str = "settle-branch-id";
-    /// On every participant call: the operation (`try`, `confirm`, `cancel`, `execute`,
-    /// `compensate`).
+    /// On every participant call: the operation, [`Op::as_str`](super::Op::as_str).
     pub const OP: &str = "settle-op";
     /// On Admin calls: the operator's name, recorded in the audit trail.
     pub const ACTOR: &str = "x-settle-actor";
     /// On Admin calls: `Bearer TOKEN`.
     pub const AUTHORIZATION: &str = "authorization";
+}
+
+/// The operation a participant call performs: one RPC of `settle.v1.Participant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// TCC phase one: check and reserve.
+    Try,
+    /// TCC commit.
+    Confirm,
+    /// TCC rollback.
+    Cancel,
+    /// Saga forward step.
+    Execute,
+    /// Saga compensation.
+    Compensate,
+}
+
+impl Op {
+    /// The `settle-op` metadata value (also how participants' barriers store it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Try => "try",
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+            Op::Execute => "execute",
+            Op::Compensate => "compensate",
+        }
+    }
+
+    /// Whether a participant may refuse this call for good (`ABORTED`). Only a forward op
+    /// may: a Try that succeeded makes its Confirm and Cancel certain, and a compensation
+    /// must not give up.
+    pub fn may_refuse(self) -> bool {
+        matches!(self, Op::Try | Op::Execute)
+    }
+
+    /// For a rollback op, the forward op it undoes.
+    pub fn undoes(self) -> Option<Op> {
+        match self {
+            Op::Cancel => Some(Op::Try),
+            Op::Compensate => Some(Op::Execute),
+            _ => None,
+        }
+    }
+
+    /// For a forward op, the rollback op that may have blocked it.
+    pub fn undone_by(self) -> Option<Op> {
+        match self {
+            Op::Try => Some(Op::Cancel),
+            Op::Execute => Some(Op::Compensate),
+            _ => None,
+        }
+    }
 }
 
 /// The encoded file descriptor set of every `settle.v1` file, for gRPC reflection.

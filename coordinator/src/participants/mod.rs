@@ -1,5 +1,5 @@
 //! Every call the coordinator makes to a participant: Confirm and Cancel for TCC, Execute
-//! and Compensate for sagas. [`Participants::call`] resolves the branch's participant in
+//! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the branch's participant in
 //! the [`directory`], builds the request with the protocol's metadata (gid, branch id and
 //! op, from `settle_proto::metadata`), bounds it by the call timeout, and classifies the
 //! answer as [`Answer::Ok`], [`Answer::Refused`] or [`Answer::Failed`].
@@ -14,6 +14,7 @@ pub mod directory;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use settle_proto::Op;
 use settle_proto::{metadata, v1 as pb};
 use tonic::{Code, metadata::MetadataValue};
 
@@ -22,38 +23,6 @@ use crate::{
     store::{self, Store},
 };
 use directory::{Directory, Resolved};
-
-/// A call the coordinator makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// TCC phase two after commit.
-    Confirm,
-    /// TCC phase two after abort.
-    Cancel,
-    /// A saga's forward step.
-    Execute,
-    /// A saga's compensation.
-    Compensate,
-}
-
-impl Op {
-    /// As the `settle-op` metadata and logs spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Confirm => "confirm",
-            Op::Cancel => "cancel",
-            Op::Execute => "execute",
-            Op::Compensate => "compensate",
-        }
-    }
-
-    /// Whether a participant may refuse this call for good. Only a forward step may: a
-    /// Try that succeeded makes its Confirm and Cancel certain, and a compensation must
-    /// not give up, so an ABORTED answer to those is a failure like any other.
-    pub fn may_refuse(self) -> bool {
-        self == Op::Execute
-    }
-}
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +92,7 @@ impl Participants {
         let mut client = client;
         let answer = async {
             match op {
+                Op::Try => client.r#try(request).await,
                 Op::Confirm => client.confirm(request).await,
                 Op::Cancel => client.cancel(request).await,
                 Op::Execute => client.execute(request).await,
