@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-// Under load, glibc's allocator took about a tenth of the process's CPU; with mimalloc the
-// noop benchmark ran 9 % more transactions per second (BENCHMARKS.md).
+// Under load, glibc's allocator took a visible share of the process's CPU, and the noop
+// benchmark ran faster with mimalloc (BENCHMARKS.md has the figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
