@@ -1,6 +1,6 @@
-//! The barrier (DESIGN.md §4): an idempotency table in the participant's own database that
-//! makes duplicate deliveries, a Cancel that arrives before its Try (empty rollback) and a
-//! Try that arrives after its Cancel (hanging) harmless.
+//! The barrier (ARCHITECTURE.md, "The barrier"): an idempotency table in the participant's
+//! own database that makes duplicate deliveries, a Cancel that arrives before its Try
+//! (empty rollback) and a Try that arrives after its Cancel (hanging) harmless.
 //!
 //! [`Barrier::enter`] opens a local write transaction and inserts the `(gid, branch, op)`
 //! row in it. When the call should run, it hands back a [`Guarded`] transaction for the

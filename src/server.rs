@@ -1,8 +1,8 @@
 //! Serving a [`Participant`] as the `settle.v1.Participant` gRPC service.
 //!
 //! [`serve`] wraps each call in the barrier (duplicates, empty rollbacks and hanging Trys
-//! are answered here), maps participant errors to the status codes of DESIGN.md §2, adds
-//! the context-propagation layer, and registers the service's name and endpoint with the
+//! are answered here), maps participant errors to the status codes of the protocol
+//! (ARCHITECTURE.md), adds the context-propagation layer, and registers the service's name and endpoint with the
 //! coordinator at start-up and again periodically, so a coordinator that lost its
 //! participant table (a fresh database, a new instance) learns it again.
 

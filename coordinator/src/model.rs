@@ -44,7 +44,7 @@ impl Mode {
     }
 }
 
-/// Status of a global transaction (DESIGN.md §3).
+/// Status of a global transaction (ARCHITECTURE.md, "State machines").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// TCC: branches are being registered and tried.

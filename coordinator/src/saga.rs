@@ -1,5 +1,6 @@
-//! Saga mode (DESIGN.md §3): `RUNNING --all Execute ok--> COMMITTED`, `RUNNING --Execute
-//! refused / deadline--> COMPENSATING --all Compensate ok--> ABORTED`.
+//! Saga mode (ARCHITECTURE.md, "State machines"):
+//! `RUNNING --all Execute ok--> COMMITTED`,
+//! `RUNNING --Execute refused / deadline--> COMPENSATING --all Compensate ok--> ABORTED`.
 //!
 //! This module validates a submitted saga, has the store persist it whole before anything is
 //! sent, and drives it: Execute on each step in order, the steps of one parallel group

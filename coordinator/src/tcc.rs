@@ -1,4 +1,5 @@
-//! TCC mode (DESIGN.md §3): `TRYING --Commit--> COMMITTING --all Confirm ok--> COMMITTED`,
+//! TCC mode (ARCHITECTURE.md, "State machines"):
+//! `TRYING --Commit--> COMMITTING --all Confirm ok--> COMMITTED`,
 //! `TRYING --Abort / deadline--> ABORTING --all Cancel ok--> ABORTED`.
 //!
 //! [`Tcc`] validates each request, makes the decision with the store's compare-and-set

@@ -1,9 +1,9 @@
-//! Recovery (DESIGN.md §3 and §5) on SQLite and PostgreSQL: a participant that comes back
-//! receives its Confirm; a vanished initiator's transaction is aborted at its deadline with
-//! Cancel to every registered branch; backoff is bounded and escalates; finished
-//! transactions are removed after their retention; the `settled` binary killed with
-//! SIGKILL mid phase two finishes everything after a restart; two `settled` processes on
-//! one PostgreSQL database share a backlog without calling any branch twice.
+//! Recovery (ARCHITECTURE.md, "Recovery") on SQLite and PostgreSQL: a participant that
+//! comes back receives its Confirm; a vanished initiator's transaction is aborted at its
+//! deadline with Cancel to every registered branch; backoff is bounded and escalates;
+//! finished transactions are removed after their retention; the `settled` binary killed
+//! with SIGKILL mid phase two finishes everything after a restart; two `settled` processes
+//! on one PostgreSQL database share a backlog without calling any branch twice.
 
 use std::{
     collections::HashMap,

@@ -1,8 +1,8 @@
-//! The invariants of DESIGN.md §6, checked across the four services' databases once the
-//! shop is quiet (no transaction in flight):
-//! no oversell and sold + available + reserved = initial stock; nothing left reserved,
-//! pending or frozen; every paid order has exactly one debit, its stock and its reward; no
-//! money or points movement without its order; money and points conserved.
+//! The invariants of ARCHITECTURE.md ("Invariants"), checked across the four services'
+//! databases once the shop is quiet (no transaction in flight): no oversell and sold +
+//! available + reserved = initial stock; nothing left reserved, pending or frozen; every
+//! paid order has exactly one debit, its stock and its reward; no money or points movement
+//! without its order; money and points conserved.
 //!
 //! Whether every global transaction ended final is the coordinator's to answer; callers
 //! check that with `Get`.
