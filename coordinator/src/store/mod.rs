@@ -30,12 +30,12 @@ use std::collections::BTreeMap;
 use sqlx::{Any, AnyPool, Row};
 
 use batch::Batches;
+use pool::Sessions;
 use sql::{branch_columns, statements, take_lease, tx_columns, unfinished, unless_paused};
 use tcc::{Decision, Finished, NewTx, Registration};
 
 pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
 pub use dialect::{Dialect, redact};
-pub use pool::Sessions;
 
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 
@@ -237,7 +237,7 @@ impl Store {
     ///
     /// PostgreSQL gets a pool of `max_connections` for general queries, half as many for
     /// round records and [`BATCH_CONNECTIONS`] for the durable batches (their sessions are
-    /// set up differently, see [`Sessions`]). SQLite gets one connection whatever
+    /// set up differently, see `store/pool.rs`). SQLite gets one connection whatever
     /// `max_connections` says: it admits one writer at a time, and more connections only
     /// wait on its lock (sleeping in `busy_timeout`) where a queue would hand over at once.
     pub async fn open_with(url: &str, options: Options) -> Result<Store> {
