@@ -1,13 +1,16 @@
 //! The `settled` binary as a newcomer runs it: no flags but a port, in an empty directory,
 //! on the default SQLite database; it serves, and it stops cleanly on SIGTERM — on the
-//! default runtime and on one thread (`--threads 1`).
+//! default runtime and on one thread (`--threads 1`). And it will not expose the Admin API
+//! beyond loopback without a token, nor will an embedded coordinator.
 
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
 };
 
+use settle_coordinator::Coordinator;
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use settle_testkit::{Backend, TestDb, test_config};
 
 #[tokio::test]
 async fn settled_starts_on_sqlite_with_no_setup_and_stops_on_sigterm() {
@@ -82,4 +85,45 @@ async fn serves_and_stops(flags: &[&str]) {
         status.success(),
         "settled exits 0 on SIGTERM, got {status:?}"
     );
+}
+
+#[tokio::test]
+async fn settled_refuses_an_exposed_admin_api_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = Command::new(env!("CARGO_BIN_EXE_settled"))
+        .args(["--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .env_remove("SETTLE_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run settled");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("settled: invalid configuration: refusing to serve the Admin API on non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("settle.db").exists(),
+        "refused before touching the database"
+    );
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = || test_config(&db.url);
+    let exposed = Coordinator::open(config())
+        .await
+        .expect("open")
+        .spawn("0.0.0.0:0".parse().expect("addr"))
+        .await;
+    assert!(exposed.is_err(), "embedded coordinators refuse too");
+
+    let mut guarded = config();
+    guarded.admin_token = Some("s3cret".to_owned());
+    let running = Coordinator::open(guarded)
+        .await
+        .expect("open")
+        .spawn("0.0.0.0:0".parse().expect("addr"))
+        .await
+        .expect("a token makes a non-loopback address acceptable");
+    running.stop().await.expect("stop");
 }

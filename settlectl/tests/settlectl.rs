@@ -3,7 +3,7 @@
 //! SQLite and PostgreSQL: a commit stuck on a failing Confirm shows in `list` and `stats`,
 //! `show` says why, `resolve` finishes it and the audit trail records who did; `retry` runs
 //! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
-//! token rules; and `settled` refusing an exposed Admin API without a token.
+//! and token rules.
 //!
 //! The databases and the recording participants come from `settle-testkit`; only tests in
 //! this package can run the `settlectl` binary.
@@ -16,30 +16,17 @@ use std::{
 use serde_json::Value;
 use settle_coordinator::{
     Config, Coordinator, Running, engine::Engine, model::Status, recovery::RecoveryConfig,
-    recovery::RecoveryLoop, retry::RetryPolicy,
+    recovery::RecoveryLoop,
 };
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use settle_testkit::{Answer, Backend, Recorder, TestDb, both};
 use tonic::transport::Channel;
 
-/// Fast recovery passes and short retry delays; escalation after two failed rounds.
+/// The test kit's settings, with escalation after two failed rounds.
 fn test_config(url: &str) -> Config {
-    Config {
-        database: url.to_owned(),
-        max_connections: 8,
-        call_timeout: Duration::from_secs(2),
-        recovery: RecoveryConfig {
-            interval: Duration::from_millis(50),
-            ..RecoveryConfig::default()
-        },
-        retry: RetryPolicy {
-            initial: Duration::from_millis(50),
-            cap: Duration::from_millis(200),
-            attention_after_attempts: 2,
-            ..RetryPolicy::default()
-        },
-        ..Config::default()
-    }
+    let mut config = settle_testkit::test_config(url);
+    config.retry.attention_after_attempts = 2;
+    config
 }
 
 /// A coordinator serving on 127.0.0.1:0, and its engine for looking behind the API.
@@ -128,7 +115,6 @@ impl Harness {
             .into_inner()
     }
 
-    /// Polls Get until `pred` holds, failing the test after 20 s.
     /// Waits until no round is in flight for `gid` (its lease is given back).
     async fn wait_idle(&self, gid: &str) -> settle_coordinator::model::GlobalTx {
         let store = self.engine.store().clone();
@@ -832,44 +818,4 @@ async fn settlectl_reports_an_unreachable_coordinator_and_usage_errors() {
     assert_eq!(usage.code, 2, "{usage:?}");
     let help = settlectl(&closed, &["--help"]).await.ok();
     assert!(help.stdout.contains("resolve"), "{help:?}");
-}
-
-#[tokio::test]
-async fn settled_refuses_an_exposed_admin_api_without_a_token() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let refused = Command::new(env!("CARGO_BIN_EXE_settled"))
-        .args(["--listen", "0.0.0.0:0"])
-        .current_dir(dir.path())
-        .env_remove("SETTLE_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run settled");
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("settled: invalid configuration: refusing to serve the Admin API on non-loopback address 0.0.0.0:0"),
-        "{stderr}"
-    );
-    assert!(
-        !dir.path().join("settle.db").exists(),
-        "refused before touching the database"
-    );
-
-    let db = TestDb::new(Backend::Sqlite).await;
-    let exposed = Coordinator::open(test_config(&db.url))
-        .await
-        .expect("open")
-        .spawn("0.0.0.0:0".parse().expect("addr"))
-        .await;
-    assert!(exposed.is_err(), "embedded coordinators refuse too");
-
-    let mut config = test_config(&db.url);
-    config.admin_token = Some("s3cret".to_owned());
-    let running = Coordinator::open(config)
-        .await
-        .expect("open")
-        .spawn("0.0.0.0:0".parse().expect("addr"))
-        .await
-        .expect("a token makes a non-loopback address acceptable");
-    running.stop().await.expect("stop");
 }
