@@ -27,7 +27,7 @@ use tonic::{
 };
 use tracing::warn;
 
-use crate::context;
+use crate::{barrier::Op, context};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +356,7 @@ impl Transaction {
             metadata.insert(context::GID, gid);
         }
         metadata.insert(context::BRANCH_ID, MetadataValue::from(branch_id));
-        metadata.insert(context::OP, MetadataValue::from_static("try"));
+        metadata.insert(context::OP, MetadataValue::from_static(Op::Try.as_str()));
         let mut participant_client = self.client.participant(endpoint)?;
         match participant_client.r#try(request).await {
             Ok(_) => Ok(()),

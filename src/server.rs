@@ -2,9 +2,9 @@
 //!
 //! [`serve`] wraps each call in the barrier (duplicates, empty rollbacks and hanging Trys
 //! are answered here), maps participant errors to the status codes of the protocol
-//! (ARCHITECTURE.md), adds the context-propagation layer, and registers the service's name and endpoint with the
-//! coordinator at start-up and again periodically, so a coordinator that lost its
-//! participant table (a fresh database, a new instance) learns it again.
+//! (ARCHITECTURE.md), adds the context-propagation layer, and registers the service's name
+//! and endpoint with the coordinator at start-up and again periodically, so a coordinator
+//! that lost its participant table (a fresh database, a new instance) learns it again.
 
 use std::{future::Future, net::SocketAddr, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 

@@ -126,6 +126,41 @@ async fn participant_back_from_an_outage_gets_its_confirm(backend: Backend) {
 }
 both!(participant_back_from_an_outage_gets_its_confirm);
 
+/// Phase two cannot be refused: a Try that succeeded made its Confirm certain, so an ABORTED
+/// answer to a Confirm (a participant's bug, or a refusal it should have made at Try) is a
+/// failure like any other, retried until the participant confirms.
+async fn a_refused_confirm_is_retried_not_taken_for_an_answer(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let stubborn = recorder(&mut c, "stubborn").await;
+    stubborn.answer("confirm", Answer::Refuse);
+
+    let gid = begin_with_branches(&mut c, 30_000, &["stubborn"]).await;
+    assert_eq!(commit(&mut c, &gid, 200).await, pb::Status::Committing);
+    let stuck = wait_until(&mut c, &gid, "retried twice", |tx| {
+        tx.branches[0].attempts >= 2
+    })
+    .await;
+    assert_eq!(stuck.status(), pb::Status::Committing);
+    assert_eq!(stuck.branches[0].status(), pb::BranchStatus::Pending);
+    assert!(
+        stuck.branches[0].last_error.contains("Aborted"),
+        "{:?}",
+        stuck.branches[0]
+    );
+
+    stubborn.answer("confirm", Answer::Ok);
+    wait_for_status(&mut c, &gid, pb::Status::Committed).await;
+    assert_eq!(
+        stubborn.calls_of("cancel", &gid),
+        0,
+        "a commit is never undone"
+    );
+    coordinator.stop().await.expect("stop");
+}
+both!(a_refused_confirm_is_retried_not_taken_for_an_answer);
+
 async fn vanished_initiator_is_aborted_and_every_branch_cancelled(backend: Backend) {
     let db = TestDb::new(backend).await;
     let coordinator = start_coordinator(test_config(&db.url)).await;

@@ -236,6 +236,44 @@ async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backe
 }
 both!(a_participant_down_during_compensation_gets_it_when_back);
 
+/// Compensation must not give up: an ABORTED answer to a Compensate is retried like any
+/// failure, never taken as a refusal that would leave the step executed.
+async fn a_refused_compensation_is_retried_until_it_succeeds(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Recorder::start().await;
+    register(&log, &mut c, 2).await;
+    log.answer_branch("execute", 2, Answer::Refuse);
+    log.answer_branch("compensate", 1, Answer::Refuse);
+
+    submit(&mut c, "saga-stubborn", sequential(2), 30_000, 0)
+        .await
+        .expect("submit");
+    log.wait_until("two refused compensations of step 1", |calls| {
+        calls
+            .iter()
+            .filter(|c| c.op == "compensate" && c.branch_id == 1)
+            .count()
+            >= 2
+    })
+    .await;
+    let tx = get(&mut c, "saga-stubborn").await;
+    assert_eq!(tx.status(), pb::Status::Compensating);
+    assert_eq!(tx.branches[0].status(), pb::BranchStatus::Executed);
+    assert!(
+        tx.branches[0].last_error.contains("Aborted"),
+        "{:?}",
+        tx.branches[0]
+    );
+
+    log.answer_branch("compensate", 1, Answer::Ok);
+    let tx = wait_for_status(&mut c, "saga-stubborn", pb::Status::Aborted).await;
+    assert_eq!(statuses(&tx), [pb::BranchStatus::Compensated; 2]);
+    coordinator.stop().await.expect("stop");
+}
+both!(a_refused_compensation_is_retried_until_it_succeeds);
+
 async fn a_coordinator_restart_mid_saga_resumes_it(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = test_config(&db.url);

@@ -1,8 +1,9 @@
 //! Every call the coordinator makes to a participant: Confirm and Cancel for TCC, Execute
-//! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the branch's participant in
-//! the [`directory`], builds the request with the protocol's metadata (gid, branch id and
-//! op, from `settle_proto::metadata`), bounds it by the call timeout, and classifies the
-//! answer as [`Answer::Ok`], [`Answer::Refused`] or [`Answer::Failed`].
+//! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the
+//! branch's participant in the [`directory`], builds the request with the protocol's
+//! metadata (gid, branch id and op, from `settle_proto::metadata`), bounds it by the call
+//! timeout, and classifies the answer as [`Answer::Ok`], [`Answer::Refused`] or
+//! [`Answer::Failed`].
 //!
 //! This is the one place a participant call is made, so whatever every call needs (TLS,
 //! trace propagation, per-participant limits, metrics) is one change here. What an answer
