@@ -15,23 +15,9 @@
 # checkout).
 set -euo pipefail
 
-if [ "$#" -ne 2 ]; then
-    echo "usage: bench/ab.sh CHECKOUT_A CHECKOUT_B" >&2
-    exit 2
-fi
-A="$(cd "$1" && pwd)"
-B="$(cd "$2" && pwd)"
-BENCH_A="${BENCH_A:-${A}/target/release/examples/bench}"
-BENCH_B="${BENCH_B:-${B}/target/release/examples/bench}"
+# shellcheck source=bench/checkouts.sh
+. "$(dirname "$0")/checkouts.sh"
 ROUNDS="${ROUNDS:-5}"
-for bench in "${BENCH_A}" "${BENCH_B}"; do
-    [ -x "${bench}" ] || { echo "ab.sh: ${bench} is missing; build with --release" >&2; exit 2; }
-done
-
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) { print v[(NR + 1) / 2] } else { print (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'
-}
 
 # One floor/bench pair in checkout $1 with bench binary $2; prints "floor bench".
 pair() {

@@ -15,24 +15,10 @@
 # RSS runs).
 set -euo pipefail
 
-if [ "$#" -ne 2 ]; then
-    echo "usage: bench/targets.sh CHECKOUT_A CHECKOUT_B" >&2
-    exit 2
-fi
-A="$(cd "$1" && pwd)"
-B="$(cd "$2" && pwd)"
-BENCH_A="${BENCH_A:-${A}/target/release/examples/bench}"
-BENCH_B="${BENCH_B:-${B}/target/release/examples/bench}"
+# shellcheck source=bench/checkouts.sh
+. "$(dirname "$0")/checkouts.sh"
 ROUNDS="${ROUNDS:-3}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432/postgres}"
-for bench in "${BENCH_A}" "${BENCH_B}"; do
-    [ -x "${bench}" ] || { echo "targets.sh: ${bench} is missing; build with --release" >&2; exit 2; }
-done
-
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) { print v[(NR + 1) / 2] } else { print (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'
-}
 
 # The value of numeric field $1 in the JSON line $2.
 field() {
