@@ -15,9 +15,6 @@
 //! cargo run --release --example due_scan -- --postgres-admin postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
-#[path = "support/postgres.rs"]
-mod postgres;
-
 use std::{
     error::Error,
     time::{Duration, Instant},
@@ -104,7 +101,7 @@ async fn measure(args: &Args, dir: &std::path::Path, pg_name: &str) -> Result<()
     for db in &args.databases {
         let url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.join("due_scan.db").display()),
-            Db::Postgres => postgres::fresh_database(&args.postgres_admin, pg_name).await?,
+            Db::Postgres => settle_testkit::fresh_database(&args.postgres_admin, pg_name).await?,
         };
         eprintln!("{db:?}: opening the store");
         let store = Store::open(&url, 4).await?;

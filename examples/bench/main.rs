@@ -32,9 +32,6 @@
 //! target/release/examples/bench --external --concurrency 256
 //! ```
 
-#[path = "../support/postgres.rs"]
-mod postgres;
-
 mod measure;
 mod process;
 mod report;
@@ -195,7 +192,7 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         (None, Some(admin)) => {
             let name = format!("{prefix}_coordinator");
             fresh.push(name.clone());
-            postgres::fresh_database(admin, &name).await?
+            settle_testkit::fresh_database(admin, &name).await?
         }
         (None, None) => format!("sqlite://{}", dir.path().join("coordinator.db").display()),
     };

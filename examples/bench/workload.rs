@@ -31,7 +31,7 @@ use settle_proto::v1::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{Args, Mode, Result, postgres};
+use crate::{Args, Mode, Result};
 
 /// A workload ready to run, and what keeps its participants up until the end.
 pub struct Prepared {
@@ -85,7 +85,7 @@ pub async fn prepare(
                     for service in settle_participants::shop::SERVICES {
                         let name = format!("{prefix}_{service}");
                         fresh.push(name.clone());
-                        postgres::fresh_database(admin, &name).await?;
+                        settle_testkit::fresh_database(admin, &name).await?;
                     }
                     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
                     format!("{base}/{prefix}_{{service}}")

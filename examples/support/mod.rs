@@ -2,8 +2,6 @@
 //! SQLite files in a temporary directory or on fresh PostgreSQL databases, and the
 //! end-of-run checks.
 
-pub mod postgres;
-
 use std::{
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
@@ -34,11 +32,11 @@ impl Embedded {
         let (coordinator_db, shop_db) = match postgres {
             Some(admin) => {
                 for service in settle_participants::shop::SERVICES {
-                    postgres::fresh_database(admin, &format!("{prefix}_{service}")).await?;
+                    settle_testkit::fresh_database(admin, &format!("{prefix}_{service}")).await?;
                 }
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
                 (
-                    postgres::fresh_database(admin, &format!("{prefix}_coordinator")).await?,
+                    settle_testkit::fresh_database(admin, &format!("{prefix}_coordinator")).await?,
                     format!("{base}/{prefix}_{{service}}"),
                 )
             }

@@ -52,6 +52,21 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// Drops and creates the PostgreSQL database `name` on the server of the URL `admin`, and
+/// returns its URL. The examples and the bench make their databases with it too.
+pub async fn fresh_database(admin: &str, name: &str) -> Result<String, sqlx::Error> {
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .await?;
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
+    conn.close().await?;
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}
+
 /// A database that exists for one test and is removed after it.
 #[derive(Debug)]
 pub struct TestDb {
@@ -75,17 +90,11 @@ impl TestDb {
             Backend::Postgres => {
                 let name = format!("settle_test_{:016x}", rand::random::<u64>());
                 let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
-                    });
-                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .expect("create test database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                let url = fresh_database(&admin, &name).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
+                });
                 TestDb {
-                    url: format!("{base}/{name}"),
+                    url,
                     _dir: None,
                     pg_name: Some(name),
                 }
