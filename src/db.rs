@@ -106,3 +106,86 @@ impl Database {
         self.pool.begin_with(self.dialect.begin_write()).await
     }
 }
+
+/// Whether `error` may go away if the same statement runs again: a lost connection, a
+/// busy or locked database, a serialization failure or deadlock, a server shutting down.
+/// Everything else (a constraint violated, a value out of range, SQL that does not fit
+/// the schema, a row that does not decode) is permanent: running it again fails again.
+///
+/// Database errors are told apart by their code: PostgreSQL's five-character SQLSTATE, or
+/// SQLite's extended result code, a number.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => match code.parse::<i32>() {
+                Ok(sqlite) => sqlite_transient(sqlite),
+                Err(_) => postgres_transient(&code),
+            },
+            None => false,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// SQLite primary result codes (the low byte of the extended code) that describe the
+/// moment rather than the statement: BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR,
+/// FULL, CANTOPEN, PROTOCOL.
+fn sqlite_transient(extended: i32) -> bool {
+    matches!(extended & 0xff, 5..=10 | 13..=15)
+}
+
+/// SQLSTATE classes 08 (connection), 40 (serialization failure, deadlock; not 40002, a
+/// constraint checked at commit), 53 (out of resources), 57 (shutdown, cancelled) and 58
+/// (system I/O), and a lock not available, an object in use, or a read-only transaction
+/// (a failover in progress).
+fn postgres_transient(sqlstate: &str) -> bool {
+    let class = sqlstate.get(..2).unwrap_or_default();
+    (matches!(class, "08" | "40" | "53" | "57" | "58") && sqlstate != "40002")
+        || matches!(sqlstate, "55P03" | "55006" | "25006")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_codes_are_told_apart_by_their_primary_code() {
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED, SQLITE_IOERR_WRITE
+        for code in [5, 517, 6, 778] {
+            assert!(sqlite_transient(code), "{code}");
+        }
+        // SQLITE_ERROR, SQLITE_CONSTRAINT_CHECK, SQLITE_CONSTRAINT_UNIQUE, SQLITE_MISMATCH,
+        // SQLITE_CONSTRAINT_DATATYPE, SQLITE_CORRUPT
+        for code in [1, 275, 2067, 20, 3091, 11] {
+            assert!(!sqlite_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn sqlstates_are_told_apart_by_their_class() {
+        for code in [
+            "08006", "40001", "40P01", "53300", "57P01", "57014", "55P03",
+        ] {
+            assert!(postgres_transient(code), "{code}");
+        }
+        for code in ["23505", "23514", "22003", "42P01", "40002", "XX000"] {
+            assert!(!postgres_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn lost_connections_are_transient_and_decoding_is_not() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

@@ -43,10 +43,18 @@ pub enum Error {
     /// The payload could not be understood: answered `INVALID_ARGUMENT`.
     #[error("bad payload: {0}")]
     BadPayload(String),
-    /// Anything else: answered `UNAVAILABLE`, and the coordinator retries.
+    /// A failure that may pass (a service this one needs is down, stock that may come
+    /// back): answered `UNAVAILABLE`, and the coordinator retries.
     #[error("{0}")]
     Failed(String),
-    /// The database failed: transient, retried.
+    /// A failure that will not pass by itself (a bug, data that breaks an invariant):
+    /// answered `INTERNAL`. The coordinator still retries phase two, since the decision
+    /// stands, but flags the transaction as needing attention at the first such answer.
+    #[error("{0}")]
+    Permanent(String),
+    /// The database failed: answered `UNAVAILABLE` when it may pass (a lost connection, a
+    /// lock, a serialization failure) and `INTERNAL` when it will not (a constraint, an
+    /// overflow); see [`crate::db::is_transient`].
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// This participant does not implement the operation.
@@ -84,7 +92,8 @@ pub trait Participant: Send + Sync + 'static {
         conn: &mut AnyConnection,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Makes a successful Try final. Must not refuse: phase two is retried until it succeeds.
+    /// Makes a successful Try final. Must not refuse: phase two is retried until it
+    /// succeeds, so a Try must have checked and reserved everything this needs.
     fn confirm(
         &self,
         branch: &Branch,

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use crate::{
     barrier::{self, Admission, Barrier, Entry, Op},
     context::ContextLayer,
+    db,
     participant::{self, Branch, Participant},
 };
 
@@ -486,7 +487,10 @@ fn hanging(op: Op) -> Status {
 
 fn barrier_status(error: barrier::Error) -> Status {
     warn!(%error, "barrier failed");
-    Status::unavailable(error.to_string())
+    match &error {
+        barrier::Error::Database(e) if !db::is_transient(e) => Status::internal(error.to_string()),
+        _ => Status::unavailable(error.to_string()),
+    }
 }
 
 fn participant_status(error: participant::Error) -> Status {
@@ -495,6 +499,15 @@ fn participant_status(error: participant::Error) -> Status {
         participant::Error::BadPayload(reason) => Status::invalid_argument(reason),
         participant::Error::Unsupported(op) => {
             Status::unimplemented(format!("{op} is not supported"))
+        }
+        participant::Error::Database(error) if !db::is_transient(&error) => {
+            let error = participant::Error::Database(error);
+            warn!(%error, "participant call failed for good");
+            Status::internal(error.to_string())
+        }
+        error @ participant::Error::Permanent(_) => {
+            warn!(%error, "participant call failed for good");
+            Status::internal(error.to_string())
         }
         error @ (participant::Error::Failed(_) | participant::Error::Database(_)) => {
             warn!(%error, "participant call failed");

@@ -239,12 +239,17 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool) -> Result<Driven> {
                 },
             ),
             Plan::Execute { group, last } => {
-                let outcomes = call_group(ctx, Op::Execute, &group).await;
+                let (outcomes, _) = call_group(ctx, Op::Execute, &group).await;
                 let then = after_execute(&group, &outcomes, last, escalation);
                 (outcomes, then)
             }
             Plan::Compensate { group, last } => {
-                let outcomes = call_group(ctx, Op::Compensate, &group).await;
+                let (outcomes, broken) = call_group(ctx, Op::Compensate, &group).await;
+                let escalation = if broken {
+                    Escalation::AT_ONCE
+                } else {
+                    escalation
+                };
                 let then = after_compensate(&outcomes, last, escalation);
                 (outcomes, then)
             }
@@ -269,7 +274,7 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool) -> Result<Driven> {
                 needs_attention,
             } => {
                 if needs_attention && !flagged {
-                    warn!(gid = %lease.gid, attempts, "compensation keeps failing; flagged needs_attention");
+                    warn!(gid = %lease.gid, attempts, "compensation failed for good or keeps failing; flagged needs_attention");
                 }
                 return Ok(Driven::Rescheduled {
                     status,
@@ -442,8 +447,10 @@ fn groups(steps: &[Step]) -> Vec<Range<usize>> {
 }
 
 /// Calls `op` (Execute or Compensate) on every step of a group concurrently and classifies
-/// the answers.
-async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> Vec<(u32, StepOutcome)> {
+/// the answers; also says whether a participant answered that it failed for good. That
+/// flags a compensating saga at once; a running one is bounded by its deadline, after
+/// which it compensates, so it is not flagged.
+async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> (Vec<(u32, StepOutcome)>, bool) {
     let retry = &ctx.settings().retry;
     let calls = group.iter().map(|step| async move {
         let branch = &step.branch;
@@ -451,7 +458,9 @@ async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> Vec<(u32, StepOut
             (Op::Compensate, Some(compensation)) => compensation.clone(),
             _ => branch.payload.clone(),
         };
-        let outcome = match ctx.participants().call(op, branch, payload).await {
+        let answer = ctx.participants().call(op, branch, payload).await;
+        let broken = matches!(answer, Answer::Broken(_));
+        let outcome = match answer {
             Answer::Ok => StepOutcome::Done(match op {
                 Op::Compensate => BranchStatus::Compensated,
                 _ => BranchStatus::Executed,
@@ -462,7 +471,7 @@ async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> Vec<(u32, StepOut
                 info!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, %reason, "step refused");
                 StepOutcome::Refused(reason)
             }
-            Answer::Failed(error) => {
+            Answer::Broken(error) | Answer::Failed(error) => {
                 warn!(gid = %branch.gid, step = branch.branch_id, participant = %branch.participant, %error, "saga call failed");
                 let attempts = u32::try_from(branch.attempts).unwrap_or(u32::MAX);
                 StepOutcome::Failed {
@@ -471,9 +480,10 @@ async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> Vec<(u32, StepOut
                 }
             }
         };
-        (branch.branch_id, outcome)
+        ((branch.branch_id, outcome), broken)
     });
-    join_all(calls).await
+    let (outcomes, broken): (Vec<_>, Vec<bool>) = join_all(calls).await.into_iter().unzip();
+    (outcomes, broken.contains(&true))
 }
 
 #[cfg(test)]

@@ -355,10 +355,12 @@ impl Tcc {
             .iter()
             .filter(|b| b.status == BranchStatus::Pending)
             .map(|b| async move {
-                let outcome = match self.ctx.participants().call(op, b, b.payload.clone()).await {
+                let answer = self.ctx.participants().call(op, b, b.payload.clone()).await;
+                let broken = matches!(answer, Answer::Broken(_));
+                let outcome = match answer {
                     Answer::Ok => BranchOutcome::Done(done),
                     // Confirm and Cancel cannot be refused (`Op::may_refuse`).
-                    Answer::Refused(error) | Answer::Failed(error) => {
+                    Answer::Refused(error) | Answer::Broken(error) | Answer::Failed(error) => {
                         warn!(gid = %b.gid, branch = b.branch_id, participant = %b.participant, %error, "phase-two call failed");
                         BranchOutcome::Failed {
                             error,
@@ -366,12 +368,16 @@ impl Tcc {
                         }
                     }
                 };
-                (b.branch_id, outcome)
+                ((b.branch_id, outcome), broken)
             });
-        let outcomes = join_all(calls).await;
-        let escalation = Escalation {
-            after_attempts: i64::from(retry.attention_after_attempts),
-            after_ms: retry.attention_after.as_millis() as i64,
+        let (outcomes, broken): (Vec<_>, Vec<bool>) = join_all(calls).await.into_iter().unzip();
+        let escalation = if broken.contains(&true) {
+            Escalation::AT_ONCE
+        } else {
+            Escalation {
+                after_attempts: i64::from(retry.attention_after_attempts),
+                after_ms: retry.attention_after.as_millis() as i64,
+            }
         };
         let seen = branches.len() as i64;
         let result = store
@@ -391,7 +397,7 @@ impl Tcc {
                 needs_attention,
             } => {
                 if *needs_attention && !work.needs_attention {
-                    warn!(gid = %work.lease.gid, attempts, "phase two keeps failing; flagged needs_attention");
+                    warn!(gid = %work.lease.gid, attempts, "phase two failed for good or keeps failing; flagged needs_attention");
                 }
             }
             RoundResult::LostLease => {

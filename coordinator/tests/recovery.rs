@@ -256,6 +256,58 @@ async fn backoff_is_bounded_and_escalates_without_giving_up(backend: Backend) {
 }
 both!(backoff_is_bounded_and_escalates_without_giving_up);
 
+/// A participant that answers a Confirm with INTERNAL failed for good (a constraint, an
+/// overflow, a bug): the transaction is flagged after that first answer, long before the
+/// escalation threshold, and still retried, so it commits once the participant is fixed.
+async fn a_permanent_failure_flags_the_transaction_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.retry = RetryPolicy {
+        initial: Duration::from_millis(10),
+        multiplier: 2.0,
+        cap: Duration::from_millis(40),
+        attention_after_attempts: 1000,
+        attention_after: Duration::from_secs(3600),
+    };
+    config.recovery.interval = Duration::from_millis(5);
+    let coordinator = start_coordinator(config).await;
+    let mut c = client(&coordinator.url()).await;
+    let transient = recorder(&mut c, "transient").await;
+    transient.answer("confirm", Answer::Fail);
+    let transient_gid = begin_with_branches(&mut c, 30_000, &["transient"]).await;
+    assert_eq!(
+        commit(&mut c, &transient_gid, 1_000).await,
+        pb::Status::Committing
+    );
+    let broken = recorder(&mut c, "broken").await;
+    broken.answer("confirm", Answer::Break);
+    let gid = begin_with_branches(&mut c, 30_000, &["broken"]).await;
+    assert_eq!(commit(&mut c, &gid, 1_000).await, pb::Status::Committing);
+
+    let flagged = wait_until(&mut c, &gid, "failed once", |tx| tx.attempts >= 1).await;
+    assert!(
+        flagged.needs_attention,
+        "flagged at the first permanent failure: {flagged:?}"
+    );
+    assert!(
+        flagged.branches[0].last_error.contains("Internal"),
+        "{:?}",
+        flagged.branches[0]
+    );
+    let retried = wait_until(&mut c, &transient_gid, "retried", |tx| tx.attempts >= 3).await;
+    assert!(
+        !retried.needs_attention,
+        "a transient failure waits for the threshold"
+    );
+
+    broken.answer("confirm", Answer::Ok);
+    transient.answer("confirm", Answer::Ok);
+    wait_for_status(&mut c, &gid, pb::Status::Committed).await;
+    wait_for_status(&mut c, &transient_gid, pb::Status::Committed).await;
+    coordinator.stop().await.expect("stop");
+}
+both!(a_permanent_failure_flags_the_transaction_at_once);
+
 /// True when the transaction waits for a retry, not for a lease to expire: the test's lease
 /// is 30 s, its retry delays are at most 40 ms.
 fn rescheduled(tx: &pb::Transaction) -> bool {

@@ -236,6 +236,59 @@ async fn a_participant_down_during_compensation_gets_it_when_back(backend: Backe
 }
 both!(a_participant_down_during_compensation_gets_it_when_back);
 
+/// A compensation answered INTERNAL failed for good: the saga is flagged at that first
+/// answer, far below the escalation threshold, and still retried until it is compensated.
+async fn a_compensation_that_fails_for_good_is_flagged_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.retry.attention_after_attempts = 1000;
+    let coordinator = start_coordinator(config).await;
+    let mut c = client(&coordinator.url()).await;
+    let log = Recorder::start().await;
+    register(&log, &mut c, 2).await;
+    log.answer_branch("execute", 2, Answer::Refuse);
+    log.answer_branch("compensate", 1, Answer::Break);
+
+    submit(&mut c, "saga-broken", sequential(2), 30_000, 0)
+        .await
+        .expect("submit");
+    log.wait_until("a failed compensation of step 1", |calls| {
+        calls
+            .iter()
+            .any(|c| c.op == "compensate" && c.branch_id == 1)
+    })
+    .await;
+    // Get reads the transaction row and then its steps, so wait on the row: its attempts
+    // count the rescheduled rounds.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tx = loop {
+        let tx = get(&mut c, "saga-broken").await;
+        if tx.attempts >= 1 {
+            break tx;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recorded: {tx:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(tx.status(), pb::Status::Compensating);
+    assert!(
+        tx.needs_attention,
+        "flagged at the first permanent failure: {tx:?}"
+    );
+    assert!(
+        tx.branches[0].last_error.contains("Internal"),
+        "{:?}",
+        tx.branches[0]
+    );
+
+    log.answer_branch("compensate", 1, Answer::Ok);
+    wait_for_status(&mut c, "saga-broken", pb::Status::Aborted).await;
+    coordinator.stop().await.expect("stop");
+}
+both!(a_compensation_that_fails_for_good_is_flagged_at_once);
+
 /// Compensation must not give up: an ABORTED answer to a Compensate is retried like any
 /// failure, never taken as a refusal that would leave the step executed.
 async fn a_refused_compensation_is_retried_until_it_succeeds(backend: Backend) {

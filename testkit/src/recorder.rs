@@ -50,6 +50,8 @@ pub enum Answer {
     Refuse,
     /// A transient failure (UNAVAILABLE).
     Fail,
+    /// A permanent failure (INTERNAL).
+    Break,
 }
 
 /// A handle on a running recording participant; clones share its log and answers.
@@ -241,6 +243,7 @@ impl Server {
             None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
             Some(Answer::Refuse) => Err(Status::aborted("refused")),
             Some(Answer::Fail) => Err(Status::unavailable("temporarily failing")),
+            Some(Answer::Break) => Err(Status::internal("broken for good")),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the
 //! branch's participant in the [`directory`], builds the request with the protocol's
 //! metadata (gid, branch id and op, from `settle_proto::metadata`), bounds it by the call
-//! timeout, and classifies the answer as [`Answer::Ok`], [`Answer::Refused`] or
-//! [`Answer::Failed`].
+//! timeout, and classifies the answer as [`Answer::Ok`], [`Answer::Refused`],
+//! [`Answer::Broken`] or [`Answer::Failed`].
 //!
 //! This is the one place a participant call is made, so whatever every call needs (TLS,
 //! trace propagation, per-participant limits, metrics) is one change here. What an answer
@@ -33,6 +33,10 @@ pub enum Answer {
     /// The participant said no for good (`ABORTED`, to an op that [may refuse](Op::may_refuse)),
     /// with its reason.
     Refused(String),
+    /// The participant says it failed for good (`INTERNAL`: a constraint, an overflow, a
+    /// bug; or a payload or op it cannot handle). Still retried, since the decision stands,
+    /// but an operator is needed: the transaction is flagged at once.
+    Broken(String),
     /// Anything else: an error status, a timeout, an unknown participant. Worth retrying.
     Failed(String),
 }
@@ -105,6 +109,11 @@ impl Participants {
             Ok(Err(status)) if status.code() == Code::Aborted && op.may_refuse() => {
                 Answer::Refused(status.message().to_owned())
             }
+            Ok(Err(status)) if permanent(status.code()) => Answer::Broken(format!(
+                "{op_name} failed for good: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
             Ok(Err(status)) => Answer::Failed(format!(
                 "{op_name} failed: {:?}: {}",
                 status.code(),
@@ -117,4 +126,14 @@ impl Participants {
             )),
         }
     }
+}
+
+/// Codes that say retrying alone will not help: the participant failed for good
+/// (`INTERNAL`, `DATA_LOSS`), or cannot handle this call at all (`INVALID_ARGUMENT`,
+/// `UNIMPLEMENTED`).
+fn permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Internal | Code::DataLoss | Code::InvalidArgument | Code::Unimplemented
+    )
 }

@@ -203,6 +203,14 @@ pub struct Escalation {
     pub after_ms: i64,
 }
 
+impl Escalation {
+    /// Flag now: a participant answered that it failed for good.
+    pub const AT_ONCE: Escalation = Escalation {
+        after_attempts: 0,
+        after_ms: 0,
+    };
+}
+
 /// The coordinator's database.
 #[derive(Debug, Clone)]
 pub struct Store {
