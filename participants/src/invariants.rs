@@ -1,15 +1,22 @@
 //! The invariants of ARCHITECTURE.md ("Invariants"), checked across the four services'
 //! databases once the shop is quiet (no transaction in flight): no oversell and sold +
-//! available + reserved = initial stock; nothing left reserved, pending or frozen; every
-//! paid order has exactly one debit, its stock and its reward; no money or points movement
-//! without its order; money and points conserved.
+//! available + reserved = initial stock; nothing left reserved, pending, incoming or
+//! frozen; every paid order has exactly one debit, its stock and its reward; no money or
+//! points movement without its order; money and points conserved. The per-service ledgers
+//! ([`stock_ledger`], [`money_ledger`], [`points_ledger`]) hold at any moment.
 //!
 //! Whether every global transaction ended final is the coordinator's to answer; callers
 //! check that with `Get`.
 
 use std::collections::HashMap;
 
-use crate::{inventory::Inventory, order::Orders, payment::Payment, points::Points, shop::Shop};
+use crate::{
+    inventory::{Inventory, Stock},
+    order::Orders,
+    payment::{self, Payment},
+    points::{self, Points},
+    shop::Shop,
+};
 
 /// What the shop started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +47,10 @@ pub async fn check_services(
     points: &Points,
     opening: Opening,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut violations = Vec::new();
+    let stock = inventory.all_stock().await?;
+    let mut violations = stock_ledger(&stock);
     let mut fail = |msg: String| violations.push(msg);
 
-    let stock = inventory.all_stock().await?;
     let orders = orders.all().await?;
     let pay_log = payment.log().await?;
     let points_log = points.log().await?;
@@ -129,12 +136,6 @@ pub async fn check_services(
     }
 
     for (sku, stock) in stock {
-        if stock.available + stock.reserved + stock.sold != stock.initial {
-            fail(format!(
-                "{sku}: available {} + reserved {} + sold {} != initial {}",
-                stock.available, stock.reserved, stock.sold, stock.initial
-            ));
-        }
         if stock.reserved != 0 {
             fail(format!("{sku}: {} units still reserved", stock.reserved));
         }
@@ -147,13 +148,10 @@ pub async fn check_services(
         }
     }
 
-    if money.frozen != 0 {
-        fail(format!("{} money still frozen", money.frozen));
-    }
-    if money.balance + money.frozen + money.paid - money.refunded != opening.money {
+    if money.frozen != 0 || money.incoming != 0 {
         fail(format!(
-            "money not conserved: balances {} + frozen {} + paid {} - refunded {} != {}",
-            money.balance, money.frozen, money.paid, money.refunded, opening.money
+            "money still frozen ({}) or incoming ({})",
+            money.frozen, money.incoming
         ));
     }
     if points.frozen != 0 || points.pending != 0 {
@@ -162,19 +160,74 @@ pub async fn check_services(
             points.frozen, points.pending
         ));
     }
-    if points.usable + points.frozen + points.pending
-        != opening.points + points.rewarded - points.paid + points.refunded
-    {
-        fail(format!(
-            "points not conserved: usable {} + frozen {} + pending {} != opening {} + rewarded {} - paid {} + refunded {}",
-            points.usable,
-            points.frozen,
-            points.pending,
-            opening.points,
-            points.rewarded,
-            points.paid,
-            points.refunded
+    violations.extend(money_ledger(&money, opening.money));
+    violations.extend(points_ledger(&points, opening.points));
+    Ok(violations)
+}
+
+/// What holds in the inventory at any moment, reservations in flight or not: every unit is
+/// available, reserved or sold.
+pub fn stock_ledger(stock: &[(String, Stock)]) -> Vec<String> {
+    stock
+        .iter()
+        .filter(|(_, s)| s.available + s.reserved + s.sold != s.initial)
+        .map(|(sku, s)| {
+            format!(
+                "{sku}: available {} + reserved {} + sold {} != initial {}",
+                s.available, s.reserved, s.sold, s.initial
+            )
+        })
+        .collect()
+}
+
+/// What holds in the payment service at any moment: frozen money is what payments tried
+/// hold, incoming money what refunds tried will credit, and balances plus frozen money
+/// equal the opening money less what was paid plus what was refunded.
+pub fn money_ledger(money: &payment::Totals, opening: i64) -> Vec<String> {
+    let mut violations = Vec::new();
+    if money.frozen != money.paying {
+        violations.push(format!(
+            "money frozen {} != payments held {}",
+            money.frozen, money.paying
         ));
     }
-    Ok(violations)
+    if money.incoming != money.refunding {
+        violations.push(format!(
+            "money incoming {} != refunds held {}",
+            money.incoming, money.refunding
+        ));
+    }
+    if money.balance + money.frozen + money.paid - money.refunded != opening {
+        violations.push(format!(
+            "money not conserved: balances {} + frozen {} + paid {} - refunded {} != {opening}",
+            money.balance, money.frozen, money.paid, money.refunded
+        ));
+    }
+    violations
+}
+
+/// What holds in the points service at any moment: frozen points are what points payments
+/// tried hold, pending points what rewards and refunds tried will grant, and usable plus
+/// frozen points equal the opening points plus rewards and refunds less payments.
+pub fn points_ledger(points: &points::Totals, opening: i64) -> Vec<String> {
+    let mut violations = Vec::new();
+    if points.frozen != points.paying {
+        violations.push(format!(
+            "points frozen {} != points payments held {}",
+            points.frozen, points.paying
+        ));
+    }
+    if points.pending != points.granting {
+        violations.push(format!(
+            "points pending {} != grants held {}",
+            points.pending, points.granting
+        ));
+    }
+    if points.usable + points.frozen != opening + points.rewarded - points.paid + points.refunded {
+        violations.push(format!(
+            "points not conserved: usable {} + frozen {} != opening {opening} + rewarded {} - paid {} + refunded {}",
+            points.usable, points.frozen, points.rewarded, points.paid, points.refunded
+        ));
+    }
+    violations
 }

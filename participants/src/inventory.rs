@@ -3,22 +3,31 @@
 //! `reserve` (purchase) moves units from available to reserved with one conditional UPDATE —
 //! never read-then-write — so concurrent buyers can never oversell. Once a SKU is sold out,
 //! a Try for it is refused from an in-memory flag before the database is touched; the flag
-//! clears when stock comes back (a cancelled reservation, a refund's restock, a restock).
+//! clears when stock comes back through this process (a cancelled reservation, a refund's
+//! restock, [`Inventory::restock`]), and lapses after [`SOLD_OUT_FOR`], so stock that came
+//! back through another process on the same database, or a flag set by a refusal that
+//! raced a Cancel still committing, keeps units unsellable for that long at most.
 //! `restock` (refund) moves sold units back through reserved to available; as a saga step
 //! it moves them straight back, and its compensation sells them again.
 //!
 //! Orders, money and points belong to the other services.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 use settle::{Barrier, Branch, Participant, participant::Error};
 use sqlx::{AnyConnection, Row};
 
-use crate::service;
+use crate::service::{self, LIMIT};
+
+/// How long a sold-out flag refuses Trys without the database. Stock added by another
+/// process (a second replica, an operator) is sellable here after this at the latest; one
+/// Try per SKU and period reaches the database to find out.
+pub const SOLD_OUT_FOR: Duration = Duration::from_millis(500);
 
 /// The payload of `reserve` and `restock`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,7 +55,15 @@ pub struct Stock {
 #[derive(Debug)]
 pub struct Inventory {
     barrier: Barrier,
-    sold_out: RwLock<HashSet<String>>,
+    sold_out: RwLock<SoldOut>,
+}
+
+/// The sold-out flags, and how many times stock came back: a refusal flags its SKU only if
+/// no stock came back since it read this count before its statement.
+#[derive(Debug, Default)]
+struct SoldOut {
+    returns: u64,
+    since: HashMap<String, Instant>,
 }
 
 impl Inventory {
@@ -61,7 +78,7 @@ impl Inventory {
         .await?;
         Ok(Arc::new(Inventory {
             barrier,
-            sold_out: RwLock::new(HashSet::new()),
+            sold_out: RwLock::new(SoldOut::default()),
         }))
     }
 
@@ -72,16 +89,24 @@ impl Inventory {
 
     /// Adds `qty` units of `sku`, creating it if needed.
     pub async fn restock(&self, sku: &str, qty: i64) -> Result<(), service::Error> {
-        sqlx::query(
+        service::bounded("qty", qty, 1).map_err(service::Error::Invalid)?;
+        let added = sqlx::query(
             "INSERT INTO sku (sku, initial, available) VALUES ($1, $2, $2) \
              ON CONFLICT (sku) DO UPDATE SET initial = sku.initial + excluded.initial, \
-             available = sku.available + excluded.available",
+             available = sku.available + excluded.available \
+             WHERE sku.initial <= $3 - excluded.initial",
         )
         .bind(sku)
         .bind(qty)
+        .bind(LIMIT)
         .execute(self.barrier.database().pool())
         .await?;
-        self.set_sold_out(sku, false);
+        if added.rows_affected() == 0 {
+            return Err(service::Error::Invalid(format!(
+                "{qty} more units would take {sku} over {LIMIT}"
+            )));
+        }
+        self.stock_returned(sku);
         Ok(())
     }
 
@@ -110,19 +135,37 @@ impl Inventory {
         self.sold_out
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(sku)
+            .since
+            .get(sku)
+            .is_some_and(|since| since.elapsed() < SOLD_OUT_FOR)
     }
 
-    fn set_sold_out(&self, sku: &str, sold_out: bool) {
+    /// How many times stock came back so far.
+    fn returns(&self) -> u64 {
+        self.sold_out
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .returns
+    }
+
+    /// Flags `sku` sold out, unless stock came back since [`Inventory::returns`] said
+    /// `returns`.
+    fn flag_sold_out(&self, sku: &str, returns: u64) {
         let mut flags = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
-        if sold_out {
-            flags.insert(sku.to_owned());
-        } else {
-            flags.remove(sku);
+        if flags.returns == returns {
+            flags.since.insert(sku.to_owned(), Instant::now());
         }
     }
 
+    /// Stock of `sku` came back (or is about to, when the returning transaction commits).
+    fn stock_returned(&self, sku: &str) {
+        let mut flags = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
+        flags.returns += 1;
+        flags.since.remove(sku);
+    }
+
     async fn reserve(&self, units: &Units, conn: &mut AnyConnection) -> Result<(), Error> {
+        let returns = self.returns();
         let left: Option<i64> = sqlx::query_scalar(
             "UPDATE sku SET available = available - $1, reserved = reserved + $1 \
              WHERE sku = $2 AND available >= $1 RETURNING available",
@@ -136,7 +179,7 @@ impl Inventory {
             // waited for every pending) change to the row, so the flag is right until
             // stock comes back, which clears it.
             Some(0) => {
-                self.set_sold_out(&units.sku, true);
+                self.flag_sold_out(&units.sku, returns);
                 Ok(())
             }
             Some(_) => Ok(()),
@@ -146,11 +189,15 @@ impl Inventory {
                         .bind(&units.sku)
                         .fetch_optional(&mut *conn)
                         .await?;
-                // Not flagged from this read: it may predate a Cancel that is about to
-                // commit, and a flag set now would outlive the stock that Cancel returns.
                 match available {
                     None => Err(Error::refuse(format!("unknown sku {}", units.sku))),
-                    Some(0) => Err(Error::refuse("sold out")),
+                    // Flagged again once a flag lapsed. This read may predate a Cancel
+                    // that returned stock but has not committed yet; then the flag is
+                    // wrong for SOLD_OUT_FOR at most.
+                    Some(0) => {
+                        self.flag_sold_out(&units.sku, returns);
+                        Err(Error::refuse("sold out"))
+                    }
                     Some(n) => Err(Error::refuse(format!("only {n} left"))),
                 }
             }
@@ -169,12 +216,8 @@ fn stock_from_row(row: &sqlx::any::AnyRow) -> Result<Stock, sqlx::Error> {
 
 fn units(branch: &Branch) -> Result<Units, Error> {
     let units: Units = branch.json()?;
-    if units.qty <= 0 {
-        return Err(Error::BadPayload(format!(
-            "qty must be positive, got {}",
-            units.qty
-        )));
-    }
+    service::positive("qty", units.qty)?;
+    service::name("sku", &units.sku)?;
     Ok(units)
 }
 
@@ -229,7 +272,7 @@ impl Participant for Inventory {
         };
         exec(conn, sql, &units).await?;
         if branch.action == "restock" {
-            self.set_sold_out(&units.sku, false);
+            self.stock_returned(&units.sku);
         }
         Ok(())
     }
@@ -245,7 +288,7 @@ impl Participant for Inventory {
         };
         exec(conn, sql, &units).await?;
         if branch.action == "reserve" {
-            self.set_sold_out(&units.sku, false);
+            self.stock_returned(&units.sku);
         }
         Ok(())
     }
@@ -262,7 +305,7 @@ impl Participant for Inventory {
                         units.qty, units.sku
                     ))),
                     _ => {
-                        self.set_sold_out(&units.sku, false);
+                        self.stock_returned(&units.sku);
                         Ok(())
                     }
                 }

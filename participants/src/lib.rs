@@ -11,6 +11,7 @@
 pub mod flows;
 pub mod invariants;
 pub mod inventory;
+mod ledger;
 pub mod order;
 pub mod payment;
 pub mod points;

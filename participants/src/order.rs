@@ -169,11 +169,10 @@ impl Participant for Orders {
         match branch.action.as_str() {
             "create" => {
                 let order: NewOrder = branch.json()?;
-                if order.qty <= 0 || order.amount < 0 {
-                    return Err(Error::BadPayload(
-                        "qty must be positive and amount not negative".into(),
-                    ));
-                }
+                service::positive("qty", order.qty)?;
+                service::bounded("amount", order.amount, 0).map_err(Error::BadPayload)?;
+                service::name("campaign", &order.campaign)?;
+                service::name("sku", &order.sku)?;
                 let now = service::now_ms();
                 let created = sqlx::query(
                     "INSERT INTO orders (order_id, user_id, campaign, sku, qty, amount, pay_with, \

@@ -1,5 +1,6 @@
 //! What every shop service shares: opening its own database with the barrier and its own
-//! migrations, the wall clock for row timestamps, and the setup error type.
+//! migrations, the bounds every amount and quantity must keep, the wall clock for row
+//! timestamps, and the setup error type.
 //!
 //! Business rules live in the service modules, not here.
 
@@ -8,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use settle::{
     Barrier, barrier,
     db::{Database, Dialect},
+    participant,
 };
 use sqlx::migrate::Migrator;
 
@@ -26,6 +28,46 @@ pub enum Error {
     /// Serving over gRPC failed.
     #[error(transparent)]
     Serve(#[from] settle::server::Error),
+    /// An amount or quantity out of bounds.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The largest amount, quantity, stock level or balance the shop accepts: 10^15. Sums of
+/// a few such values (an account's balance, frozen and incoming money) cannot overflow an
+/// `i64`, and every value is exact in a JSON client's double. The schemas check it too.
+pub const LIMIT: i64 = 1_000_000_000_000_000;
+
+/// The longest out_trade_no, campaign or SKU name, in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// `value` when it lies in `1..=LIMIT`; otherwise an `INVALID_ARGUMENT` answer naming
+/// `what`.
+pub(crate) fn positive(what: &str, value: i64) -> Result<i64, participant::Error> {
+    bounded(what, value, 1).map_err(participant::Error::BadPayload)
+}
+
+/// `value` when it lies in `min..=LIMIT`, else why not.
+pub(crate) fn bounded(what: &str, value: i64, min: i64) -> Result<i64, String> {
+    if (min..=LIMIT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{what} must be between {min} and {LIMIT}, got {value}"
+        ))
+    }
+}
+
+/// `value` when it is a usable name (out_trade_no, campaign, SKU): not empty, at most
+/// [`MAX_NAME`] bytes.
+pub(crate) fn name<'a>(what: &str, value: &'a str) -> Result<&'a str, participant::Error> {
+    if value.is_empty() || value.len() > MAX_NAME {
+        return Err(participant::Error::BadPayload(format!(
+            "{what} must be 1 to {MAX_NAME} bytes, got {}",
+            value.len()
+        )));
+    }
+    Ok(value)
 }
 
 /// Connects to `url`, creates the barrier table and applies the service's migrations, which
