@@ -234,3 +234,110 @@ async fn branches_registered_with_begin_are_tried_together(backend: Backend) {
     coordinator.stop().await.expect("stop");
 }
 both!(branches_registered_with_begin_are_tried_together);
+
+/// A participant whose Confirm breaks a CHECK constraint of its own table until it is
+/// fixed: a permanent failure, however often it is retried.
+struct Checked {
+    fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl settle::Participant for Checked {
+    async fn r#try(
+        &self,
+        _: &settle::Branch,
+        _: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        Ok(())
+    }
+
+    async fn confirm(
+        &self,
+        _: &settle::Branch,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        let fixed = self.fixed.load(std::sync::atomic::Ordering::SeqCst);
+        sqlx::query("INSERT INTO checked (n) VALUES ($1)")
+            .bind(if fixed { 1i64 } else { -1 })
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn cancel(
+        &self,
+        _: &settle::Branch,
+        _: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        Ok(())
+    }
+}
+
+/// A database error that no retry can fix (a constraint violated) is answered INTERNAL
+/// with its cause, and the coordinator flags the transaction after that first attempt,
+/// long before its escalation threshold, while it keeps retrying: the decision stands.
+async fn a_confirm_that_breaks_a_constraint_is_internal_and_flagged_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.retry.attention_after_attempts = 1000;
+    config.retry.initial = Duration::from_millis(10);
+    config.retry.cap = Duration::from_millis(40);
+    config.recovery.interval = Duration::from_millis(5);
+    let coordinator = start_coordinator(config).await;
+    let participant_db = TestDb::new(backend).await;
+    let database = settle::db::Database::connect(&participant_db.url, 4)
+        .await
+        .expect("connect");
+    sqlx::query("CREATE TABLE checked (n BIGINT NOT NULL CHECK (n > 0))")
+        .execute(database.pool())
+        .await
+        .expect("table");
+    let barrier = Barrier::new(database);
+    barrier.migrate().await.expect("barrier");
+    let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checked = Checked {
+        fixed: fixed.clone(),
+    };
+    let serving = settle::serve("checked", checked, barrier.clone())
+        .coordinator(coordinator.url())
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+
+    let tx = client.begin(Duration::from_secs(30)).await.expect("begin");
+    tx.try_branch("checked", "a", &()).await.expect("try");
+    let gid = tx.gid().to_owned();
+    assert_eq!(tx.commit().await.expect("commit"), Status::Committing);
+
+    let mut c = settle_testkit::client(&coordinator.url()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let flagged = loop {
+        let tx = settle_testkit::get(&mut c, &gid).await;
+        if tx.attempts >= 1 {
+            break tx;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retried: {tx:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(flagged.status(), pb::Status::Committing);
+    assert!(flagged.needs_attention, "flagged at once: {flagged:?}");
+    let error = &flagged.branches[0].last_error;
+    assert!(
+        error.contains("Internal") && error.to_lowercase().contains("check"),
+        "the code and the cause: {error}"
+    );
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    settle_testkit::wait_for_status(&mut c, &gid, pb::Status::Committed).await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM checked")
+        .fetch_one(barrier.database().pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 1, "confirmed once, when it could be");
+    serving.stop().await.expect("stop");
+    coordinator.stop().await.expect("stop");
+}
+both!(a_confirm_that_breaks_a_constraint_is_internal_and_flagged_at_once);
