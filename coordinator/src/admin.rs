@@ -307,6 +307,7 @@ impl Admin {
             };
         };
         info!(%gid, actor, note, "admin: abort decided");
+        let created_at_ms = self.existing(gid).await?.created_at;
         let engine = self.engine.clone();
         let round = async move {
             let work = Work {
@@ -314,6 +315,7 @@ impl Admin {
                 status: Status::Aborting,
                 attempts: 0,
                 needs_attention: false,
+                created_at_ms,
             };
             if let Err(error) = engine.tcc().drive(work).await {
                 warn!(%error, "cancel round failed; recovery will try again");

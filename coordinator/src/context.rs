@@ -1,5 +1,5 @@
 //! What TCC and saga mode share: the store, the participants and how to call them, the
-//! settings, and the name this instance takes leases under. `crate::tcc` and `crate::saga`
+//! settings, the metrics, and the name this instance takes leases under. `crate::tcc` and `crate::saga`
 //! are peers on top of a [`Context`]; neither knows the other.
 //!
 //! The context holds no rules of its own beyond the few both modes apply the same way
@@ -9,6 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     participants::Participants,
     retry::RetryPolicy,
     store::Store,
@@ -41,21 +42,28 @@ struct Inner {
     store: Store,
     participants: Participants,
     settings: Settings,
+    metrics: Metrics,
     instance: String,
 }
 
 impl Context {
-    /// A context on `store`, identified as `instance` in leases.
-    pub fn new(store: Store, settings: Settings, instance: String) -> Context {
-        let participants = Participants::new(store.clone(), settings.call_timeout);
+    /// A context on `store`, identified as `instance` in leases, recording into `metrics`.
+    pub fn new(store: Store, settings: Settings, metrics: Metrics, instance: String) -> Context {
+        let participants = Participants::new(store.clone(), settings.call_timeout, metrics.clone());
         Context {
             inner: Arc::new(Inner {
                 store,
                 participants,
                 settings,
+                metrics,
                 instance,
             }),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The store.

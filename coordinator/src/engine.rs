@@ -11,6 +11,7 @@ use tracing::info;
 use crate::{
     context::{Context, Settings},
     error::{Error, Result},
+    metrics::Metrics,
     model::{Branch, GlobalTx, Mode},
     saga::{self, Submission, Submitted},
     store::Store,
@@ -26,9 +27,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine on `store`, identified as `instance` in leases.
-    pub fn new(store: Store, settings: Settings, instance: String) -> Engine {
-        let ctx = Context::new(store, settings, instance);
+    /// An engine on `store`, identified as `instance` in leases, recording into `metrics`.
+    pub fn new(store: Store, settings: Settings, metrics: Metrics, instance: String) -> Engine {
+        let ctx = Context::new(store, settings, metrics, instance);
         Engine {
             tcc: Tcc::new(ctx.clone()),
             ctx,

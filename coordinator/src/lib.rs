@@ -11,6 +11,7 @@
 //! - [`admin`]: what operators may do to transactions, audited;
 //! - [`recovery`]: the loop that claims due work (deadlines, retries, expired leases);
 //! - [`participants`]: every call to a participant, and the directory of their endpoints;
+//! - [`metrics`]: what the coordinator exports to Prometheus;
 //! - [`store`]: the durable log in SQLite or PostgreSQL;
 //! - [`error`]: why a request was refused;
 //! - [`retry`], [`validate`], [`id`], [`model`]: policy, input rules and limits, gids,
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod id;
+pub mod metrics;
 pub mod model;
 pub mod participants;
 pub mod recovery;
@@ -45,6 +47,7 @@ use crate::{
     admin::Admin,
     context::Settings,
     engine::Engine,
+    metrics::Metrics,
     recovery::{RecoveryConfig, RecoveryLoop},
     retry::RetryPolicy,
     store::Store,
@@ -75,6 +78,10 @@ pub struct Config {
     /// Bearer token every Admin call must carry. Without one, Admin is served only on a
     /// loopback address.
     pub admin_token: Option<String>,
+    /// Where `/metrics` is served (port 0 picks one); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the gauges of unfinished work are read from the database.
+    pub gauges_every: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +96,8 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             recovery: RecoveryConfig::default(),
             admin_token: None,
+            metrics_listen: None,
+            gauges_every: Duration::from_secs(5),
         }
     }
 }
@@ -116,6 +125,9 @@ pub struct Coordinator {
     engine: Engine,
     recovery: RecoveryConfig,
     admin_token: Option<String>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
+    gauges_every: Duration,
 }
 
 impl Coordinator {
@@ -130,7 +142,20 @@ impl Coordinator {
         if let Some(token) = &config.admin_token {
             check_admin_token(token)?;
         }
-        let store = Store::open(&config.database, config.max_connections).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let metrics = Metrics::new();
+        let store = Store::open_with(
+            &config.database,
+            store::Options {
+                max_connections: config.max_connections,
+                group_commit: true,
+                batches: metrics.batches(),
+            },
+        )
+        .await?;
         let engine = Engine::new(
             store,
             Settings {
@@ -139,6 +164,7 @@ impl Coordinator {
                 call_timeout: config.call_timeout,
                 lease: config.lease,
             },
+            metrics.clone(),
             instance_id(),
         );
         for (name, endpoint) in &config.participants {
@@ -151,7 +177,17 @@ impl Coordinator {
             engine,
             recovery: config.recovery,
             admin_token: config.admin_token,
+            metrics,
+            metrics_listener,
+            gauges_every: config.gauges_every,
         })
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The engine, for in-process use.
@@ -183,10 +219,27 @@ impl Coordinator {
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
         let (stop_recovery, stopped) = watch::channel(false);
+        let gauges = tokio::spawn(metrics::watch_store(
+            self.metrics.clone(),
+            self.engine.store().clone(),
+            self.gauges_every,
+            stopped.clone(),
+        ));
+        let exporter = self.metrics_listener.map(|listener| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(settle_telemetry::serve(
+                listener,
+                self.metrics.registry(),
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            ))
+        });
         let recovery =
             tokio::spawn(RecoveryLoop::new(self.engine.clone(), self.recovery).run(stopped));
 
         let served = tonic::transport::Server::builder()
+            .layer(grpc::MetricsLayer::new(self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(CoordinatorServer::new(grpc::CoordinatorService::new(
@@ -203,6 +256,14 @@ impl Coordinator {
         if let Err(error) = recovery.await {
             warn!(%error, "recovery loop ended abnormally");
         }
+        let _ = gauges.await;
+        if let Some(exporter) = exporter {
+            match exporter.await {
+                Ok(Err(error)) => warn!(%error, "the metrics listener failed"),
+                Err(error) => warn!(%error, "the metrics listener ended abnormally"),
+                Ok(Ok(())) => {}
+            }
+        }
         match self.engine.release_leases().await {
             Ok(released) => info!(released, "leases released"),
             Err(error) => warn!(%error, "releasing leases failed; they expire on their own"),
@@ -217,11 +278,17 @@ impl Coordinator {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         check_admin_exposure(addr, self.admin_token.as_deref())?;
+        let metrics_addr = self.metrics_addr();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(self.serve(listener, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        Ok(Running { addr, stop, task })
+        Ok(Running {
+            addr,
+            metrics_addr,
+            stop,
+            task,
+        })
     }
 }
 
@@ -229,6 +296,7 @@ impl Coordinator {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), Error>>,
 }
@@ -237,6 +305,11 @@ impl Running {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://ADDR`, for clients.

@@ -128,6 +128,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
         });
     }
     info!(%gid, steps = steps.len(), deadline = tx.deadline, "saga submitted");
+    ctx.metrics().begun(Mode::Saga);
     let lease = Lease {
         gid: gid.clone(),
         owner: ctx.instance().to_owned(),
@@ -136,7 +137,10 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     // The first run goes in its own task so that it completes even if the caller goes away.
     let driver = ctx.clone();
     let span = info_span!("saga", %gid);
-    let run = tokio::spawn(async move { run_logged(&driver, lease, false).await }.instrument(span));
+    let begun = tx.created_at;
+    let run = tokio::spawn(
+        async move { run_logged(&driver, lease, false, begun).await }.instrument(span),
+    );
     let status = match tokio::time::timeout(wait, run).await {
         Ok(Ok(Some(Driven::Finished(status)))) => status,
         Ok(Ok(Some(Driven::Rescheduled { status, .. }))) => status,
@@ -200,11 +204,11 @@ pub async fn resume(ctx: &Context, tx: GlobalTx) -> Result<Driven> {
         owner: tx.owner.unwrap_or_default(),
         version: tx.version,
     };
-    run(ctx, lease, tx.needs_attention).await
+    run(ctx, lease, tx.needs_attention, tx.created_at).await
 }
 
-async fn run_logged(ctx: &Context, lease: Lease, flagged: bool) -> Option<Driven> {
-    match run(ctx, lease, flagged).await {
+async fn run_logged(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Option<Driven> {
+    match run(ctx, lease, flagged, begun).await {
         Ok(driven) => Some(driven),
         Err(error) => {
             warn!(%error, "driving the saga failed; the recovery loop resumes it");
@@ -214,8 +218,9 @@ async fn run_logged(ctx: &Context, lease: Lease, flagged: bool) -> Option<Driven
 }
 
 /// Runs group after group while this instance holds the lease. `flagged` is whether the
-/// saga was already marked `needs_attention`, so that escalation is logged once.
-async fn run(ctx: &Context, lease: Lease, flagged: bool) -> Result<Driven> {
+/// saga was already marked `needs_attention`, so that escalation is logged once; `begun`
+/// is when it was submitted (epoch ms), for its duration once final.
+async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<Driven> {
     let store = ctx.store();
     let lease_ms = ctx.lease_ms();
     let retry = &ctx.settings().retry;
@@ -266,6 +271,7 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool) -> Result<Driven> {
             }
             Recorded::Finished(status) => {
                 info!(gid = %lease.gid, %status, "saga finished");
+                ctx.metrics().finished(Mode::Saga, status, begun);
                 return Ok(Driven::Finished(status));
             }
             Recorded::Rescheduled {

@@ -59,6 +59,8 @@ pub struct Work {
     pub attempts: i64,
     /// Whether the transaction was already flagged.
     pub needs_attention: bool,
+    /// When it began (epoch ms, the database's clock), for its duration once final.
+    pub created_at_ms: i64,
 }
 
 /// The TCC rules. Cheap to clone.
@@ -126,6 +128,7 @@ impl Tcc {
         }
         let registered = if created {
             info!(gid = %tx.gid, deadline = tx.deadline, branches = branches.len(), "begun");
+            self.ctx.metrics().begun(Mode::Tcc);
             endpoints
                 .into_iter()
                 .zip(1..)
@@ -319,6 +322,7 @@ impl Tcc {
             status,
             attempts: 0,
             needs_attention: false,
+            created_at_ms: decided.created_at_ms,
         };
         let round =
             tokio::spawn(async move { tcc.round(work, decided.branches).await }.instrument(span));
@@ -391,7 +395,12 @@ impl Tcc {
             )
             .await?;
         match &result {
-            RoundResult::Finished(status) => info!(gid = %work.lease.gid, %status, "finished"),
+            RoundResult::Finished(status) => {
+                info!(gid = %work.lease.gid, %status, "finished");
+                self.ctx
+                    .metrics()
+                    .finished(Mode::Tcc, *status, work.created_at_ms);
+            }
             RoundResult::Rescheduled {
                 attempts,
                 needs_attention,
@@ -434,6 +443,7 @@ impl Tcc {
                             status: Status::Aborting,
                             attempts: 0,
                             needs_attention: false,
+                            created_at_ms: decided.created_at_ms,
                         },
                         decided.branches,
                     )
@@ -451,6 +461,7 @@ impl Tcc {
                     status: tx.status,
                     attempts: tx.attempts,
                     needs_attention: tx.needs_attention,
+                    created_at_ms: tx.created_at,
                 })
                 .await?;
             }

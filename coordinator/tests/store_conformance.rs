@@ -113,6 +113,7 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
         Options {
             max_connections: 4,
             group_commit,
+            batches: Default::default(),
         },
     )
     .await

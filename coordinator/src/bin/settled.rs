@@ -71,6 +71,9 @@ struct Args {
     /// listening on a non-loopback address; empty means none.
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Address of the Prometheus `/metrics` listener (HTTP), or `off`.
+    #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = settle_telemetry::parse_listen)]
+    metrics_listen: MaybeAddr,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SETTLE_LOG_JSON")]
     log_json: bool,
@@ -81,6 +84,10 @@ struct Args {
     #[arg(long, env = "SETTLE_THREADS", default_value_t = 0)]
     threads: usize,
 }
+
+/// An address or none; spelled so that clap takes it as one value with a default, not as an
+/// optional flag.
+type MaybeAddr = Option<SocketAddr>;
 
 fn parse_participant(s: &str) -> Result<(String, String), String> {
     let (name, url) = s
@@ -154,8 +161,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..RecoveryConfig::default()
         },
         admin_token,
+        metrics_listen: args.metrics_listen,
+        ..Config::default()
     };
     let coordinator = Coordinator::open(config).await?;
+    if let Some(addr) = coordinator.metrics_addr() {
+        // Like the line below, for a port chosen with :0.
+        println!("settled metrics on http://{addr}/metrics");
+    }
     let listener = TcpListener::bind(args.listen).await?;
     // Tests and scripts read this line to find a port chosen with :0.
     println!("settled listening on {}", listener.local_addr()?);

@@ -1,14 +1,16 @@
 //! The gRPC edge: the `settle.v1.Coordinator` and `settle.v1.Admin` services, the mapping
-//! of [`Error`] to status codes (ARCHITECTURE.md, "The protocol"), and the Admin token
-//! check.
+//! of [`Error`] to status codes (ARCHITECTURE.md, "The protocol"), the Admin token check,
+//! and the server's RPC metrics.
 //!
 //! Nothing here makes decisions; every call is handed to the engine or to `crate::admin`.
 
 mod admin;
 mod coordinator;
+mod metrics;
 
 pub use admin::{AdminAuth, AdminService};
 pub use coordinator::CoordinatorService;
+pub use metrics::MetricsLayer;
 
 use tonic::Status;
 

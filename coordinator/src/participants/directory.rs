@@ -11,14 +11,17 @@
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use settle_proto::v1::participant_client::ParticipantClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::store::{self, Store};
+use crate::{
+    metrics::{Metrics, ParticipantMeters},
+    store::{self, Store},
+};
 
 /// How long a cached endpoint is trusted before it is read from the store again.
 const REFRESH_AFTER: Duration = Duration::from_secs(5);
@@ -30,6 +33,8 @@ pub struct Resolved {
     pub endpoint: String,
     /// A client on the shared channel for that endpoint.
     pub client: ParticipantClient<Channel>,
+    /// Its metric handles.
+    pub meters: Arc<ParticipantMeters>,
 }
 
 #[derive(Debug)]
@@ -43,15 +48,17 @@ struct Entry {
 pub struct Directory {
     store: Store,
     connect_timeout: Duration,
+    metrics: Metrics,
     entries: RwLock<HashMap<String, Entry>>,
 }
 
 impl Directory {
-    /// An empty directory backed by `store`.
-    pub fn new(store: Store, connect_timeout: Duration) -> Directory {
+    /// An empty directory backed by `store`, whose participants record into `metrics`.
+    pub fn new(store: Store, connect_timeout: Duration, metrics: Metrics) -> Directory {
         Directory {
             store,
             connect_timeout,
+            metrics,
             entries: RwLock::new(HashMap::new()),
         }
     }
@@ -86,9 +93,15 @@ impl Directory {
             entry.checked_at = Instant::now();
             return entry.resolved.clone();
         }
+        // A new endpoint keeps the name's metric handles.
+        let meters = match entries.get(name) {
+            Some(entry) => entry.resolved.meters.clone(),
+            None => self.metrics.participant(name),
+        };
         let resolved = Resolved {
             endpoint: endpoint.to_owned(),
             client: ParticipantClient::new(self.channel(endpoint)),
+            meters,
         };
         entries.insert(
             name.to_owned(),

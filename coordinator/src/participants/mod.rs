@@ -12,7 +12,7 @@
 
 pub mod directory;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 pub use settle_proto::Op;
@@ -20,6 +20,7 @@ use settle_proto::{metadata, v1 as pb};
 use tonic::{Code, metadata::MetadataValue};
 
 use crate::{
+    metrics::{CallResult, Metrics},
     model::Branch,
     store::{self, Store},
 };
@@ -50,10 +51,10 @@ pub struct Participants {
 
 impl Participants {
     /// Participants known to `store`, each call bounded by `call_timeout` (which also
-    /// bounds connecting).
-    pub fn new(store: Store, call_timeout: Duration) -> Participants {
+    /// bounds connecting), each call recorded in `metrics`.
+    pub fn new(store: Store, call_timeout: Duration, metrics: Metrics) -> Participants {
         Participants {
-            directory: Directory::new(store, call_timeout),
+            directory: Directory::new(store, call_timeout, metrics),
             call_timeout,
         }
     }
@@ -68,11 +69,13 @@ impl Participants {
         Ok(self.directory.resolve(name).await?.map(|r| r.endpoint))
     }
 
-    /// Calls `op` on `branch`'s participant with `payload`.
+    /// Calls `op` on `branch`'s participant with `payload`. Every call that reaches a
+    /// known participant is counted in `settle_branch_calls_total` and timed; every failed
+    /// one is also a retry (`settle_phase_two_retries_total`), since none is given up.
     pub async fn call(&self, op: Op, branch: &Branch, payload: Bytes) -> Answer {
         let op_name = op.as_str();
-        let client = match self.directory.resolve(&branch.participant).await {
-            Ok(Some(Resolved { client, .. })) => client,
+        let (client, meters) = match self.directory.resolve(&branch.participant).await {
+            Ok(Some(Resolved { client, meters, .. })) => (client, meters),
             Ok(None) => {
                 return Answer::Failed(format!(
                     "{op_name} failed: participant {:?} is not registered",
@@ -104,27 +107,52 @@ impl Participants {
                 Op::Compensate => client.compensate(request).await,
             }
         };
-        match tokio::time::timeout(self.call_timeout, answer).await {
-            Ok(Ok(_)) => Answer::Ok,
-            Ok(Err(status)) if status.code() == Code::Aborted && op.may_refuse() => {
-                Answer::Refused(status.message().to_owned())
-            }
-            Ok(Err(status)) if permanent(status.code()) => Answer::Broken(format!(
-                "{op_name} failed for good: {:?}: {}",
-                status.code(),
-                status.message()
-            )),
-            Ok(Err(status)) => Answer::Failed(format!(
-                "{op_name} failed: {:?}: {}",
-                status.code(),
-                status.message()
-            )),
-            Err(_) => Answer::Failed(format!(
-                "{op_name} failed: {:?}: timed out after {:?}",
-                Code::Unavailable,
-                self.call_timeout
-            )),
+        let started = Instant::now();
+        let (answer, result) = match tokio::time::timeout(self.call_timeout, answer).await {
+            Ok(Ok(_)) => (Answer::Ok, CallResult::Ok),
+            Ok(Err(status)) if status.code() == Code::Aborted && op.may_refuse() => (
+                Answer::Refused(status.message().to_owned()),
+                CallResult::Refused,
+            ),
+            Ok(Err(status)) if permanent(status.code()) => (
+                Answer::Broken(format!(
+                    "{op_name} failed for good: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+                CallResult::Error,
+            ),
+            // A deadline tonic enforced (the request's grpc-timeout) is a timeout too.
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => (
+                Answer::Failed(format!(
+                    "{op_name} failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+                CallResult::Timeout,
+            ),
+            Ok(Err(status)) => (
+                Answer::Failed(format!(
+                    "{op_name} failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+                CallResult::Error,
+            ),
+            Err(_) => (
+                Answer::Failed(format!(
+                    "{op_name} failed: {:?}: timed out after {:?}",
+                    Code::Unavailable,
+                    self.call_timeout
+                )),
+                CallResult::Timeout,
+            ),
+        };
+        meters.call(op, result, started.elapsed());
+        if matches!(answer, Answer::Failed(_) | Answer::Broken(_)) && op != Op::Try {
+            meters.retry();
         }
+        answer
     }
 }
 

@@ -98,6 +98,11 @@ statements! {
          WHERE global_tx.gid = $1"
     );
     count_by_status = "SELECT status, COUNT(*) AS n FROM global_tx GROUP BY status";
+    unfinished_summary = concat!(
+        "SELECT status, COUNT(*) AS n, CAST(SUM(needs_attention) AS BIGINT) AS flagged, \
+             {now} - MIN(created_at) AS oldest_age_ms \
+         FROM global_tx WHERE ", unfinished!(), " GROUP BY status"
+    );
     count_attention = concat!(
         "SELECT COUNT(*) FROM global_tx WHERE global_tx.needs_attention = 1 AND ",
         unfinished!()
@@ -156,6 +161,19 @@ pub struct AuditRecord<'a> {
     pub action: &'a str,
     /// Free text.
     pub note: &'a str,
+}
+
+/// The unfinished transactions of one status, as the metrics report them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Their status.
+    pub status: Status,
+    /// How many.
+    pub count: i64,
+    /// How many are flagged `needs_attention`.
+    pub flagged: i64,
+    /// Age of the oldest, in ms.
+    pub oldest_age_ms: i64,
 }
 
 /// Counts for an overview.
@@ -423,6 +441,24 @@ impl Store {
         self.write_audit(&mut tx, gid, record).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Unfinished transactions by status, in one query that reads only them (the partial
+    /// index of due work covers exactly these rows).
+    pub async fn unfinished(&self) -> Result<Vec<Unfinished>> {
+        let rows = sqlx::query(self.admin_sql().unfinished_summary)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Unfinished {
+                    status: rows::status(row)?,
+                    count: row.try_get("n")?,
+                    flagged: row.try_get::<Option<i64>, _>("flagged")?.unwrap_or(0),
+                    oldest_age_ms: row.try_get::<Option<i64>, _>("oldest_age_ms")?.unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// Counts by status, unfinished transactions needing attention, and the age of the

@@ -34,7 +34,9 @@ use pool::Sessions;
 use sql::{branch_columns, statements, take_lease, tx_columns, unfinished, unless_paused};
 use tcc::{Decision, Finished, NewTx, Registration};
 
-pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter};
+use crate::metrics::BatchMeters;
+
+pub use admin::{AuditEntry, AuditRecord, Counts, Cursor, ListFilter, Unfinished};
 pub use dialect::{Dialect, redact};
 
 use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
@@ -97,7 +99,7 @@ statements! {
 }
 
 /// How a store is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// PostgreSQL's general pool size; round records get half as many more and the durable
     /// batches three. SQLite always uses one connection.
@@ -105,6 +107,8 @@ pub struct Options {
     /// Whether concurrent TCC writes share a commit ([`batch`]); off, each is its own
     /// database transaction ([`tcc`]). The rules and the answers are the same.
     pub group_commit: bool,
+    /// Where group commit records the size and duration of each batch.
+    pub batches: BatchMeters,
 }
 
 /// A branch registered together with its transaction.
@@ -124,6 +128,8 @@ pub struct NewBranch<'a> {
 pub struct Decided {
     /// The lease the decision produced.
     pub lease: Lease,
+    /// When the transaction began (epoch ms, the database's clock).
+    pub created_at_ms: i64,
     /// Every branch, in registration order.
     pub branches: Vec<Branch>,
 }
@@ -236,6 +242,7 @@ impl Store {
         let options = Options {
             max_connections,
             group_commit: true,
+            batches: BatchMeters::default(),
         };
         Store::open_with(url, options).await
     }
@@ -280,7 +287,7 @@ impl Store {
         };
         let batches = options
             .group_commit
-            .then(|| Batches::start(&durable_batches, &relaxed, dialect));
+            .then(|| Batches::start(&durable_batches, &relaxed, dialect, options.batches));
         Ok(Store {
             pool,
             relaxed,

@@ -302,7 +302,7 @@ macro_rules! decide_from {
             $gid_in,
             " AND ",
             $crate::store::sql::decidable!("v.to_status"),
-            " RETURNING gid, version, branch_count"
+            " RETURNING gid, version, branch_count, created_at"
         )
     };
 }

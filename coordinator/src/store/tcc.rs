@@ -184,6 +184,7 @@ impl Store {
             return Ok(None);
         };
         let version: i64 = row.try_get("version")?;
+        let created_at_ms: i64 = row.try_get("created_at")?;
         let branches = sqlx::query(super::Sql::for_dialect(self.dialect).branches)
             .bind(item.gid.as_str())
             .fetch_all(&mut *tx)
@@ -198,6 +199,7 @@ impl Store {
                 owner: item.owner.clone(),
                 version,
             },
+            created_at_ms,
             branches,
         }))
     }

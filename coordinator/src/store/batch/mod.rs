@@ -35,7 +35,10 @@ use super::{
     Decided, Dialect, Error, Result,
     tcc::{Decision, Finished, NewTx, Registration},
 };
-use crate::model::GlobalTx;
+use crate::{
+    metrics::{BatchMeter, BatchMeters},
+    model::GlobalTx,
+};
 use writes::{Begins, Decisions, Registrations, Rounds};
 
 /// The most requests one batch carries.
@@ -52,15 +55,24 @@ pub(super) struct Batches {
 
 impl Batches {
     /// Starts the groups' tasks on the current runtime: the durable writes on `durable`,
-    /// the round records on `relaxed` (see `Store::record_round`). Every statement is
-    /// rendered now, so that a template mistake stops the start-up instead of a batch.
-    pub(super) fn start(durable: &AnyPool, relaxed: &AnyPool, dialect: Dialect) -> Batches {
+    /// the round records on `relaxed` (see `Store::record_round`), each batch recorded in
+    /// `meters`. Every statement is rendered now, so that a template mistake stops the
+    /// start-up instead of a batch.
+    pub(super) fn start(
+        durable: &AnyPool,
+        relaxed: &AnyPool,
+        dialect: Dialect,
+        meters: BatchMeters,
+    ) -> Batches {
         writes::render(dialect);
         Batches {
-            begins: Group::start(Begins::new(durable.clone(), dialect), MAX_BATCH),
-            registrations: Group::start(Registrations::new(durable.clone(), dialect), MAX_BATCH),
-            decisions: Group::start(Decisions::new(durable.clone(), dialect), MAX_BATCH),
-            rounds: Group::start(Rounds::new(relaxed.clone(), dialect), MAX_BATCH),
+            begins: Group::start(Begins::new(durable.clone(), dialect), meters.begin),
+            registrations: Group::start(
+                Registrations::new(durable.clone(), dialect),
+                meters.register,
+            ),
+            decisions: Group::start(Decisions::new(durable.clone(), dialect), meters.decide),
+            rounds: Group::start(Rounds::new(relaxed.clone(), dialect), meters.finish),
         }
     }
 
@@ -125,20 +137,22 @@ impl<B: Batch> std::fmt::Debug for Group<B> {
 }
 
 impl<B: Batch> Group<B> {
-    /// Starts the group's task on the current runtime. It ends when the last clone of the
-    /// group is dropped.
-    pub(super) fn start(batch: B, max_batch: usize) -> Group<B> {
+    /// Starts the group's task on the current runtime, each batch recorded in `meter`. It
+    /// ends when the last clone of the group is dropped.
+    pub(super) fn start(batch: B, meter: BatchMeter) -> Group<B> {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Entry<B>>();
         tokio::spawn(async move {
             while let Some(first) = incoming.recv().await {
                 let mut entries = vec![first];
-                while entries.len() < max_batch {
+                while entries.len() < MAX_BATCH {
                     match incoming.try_recv() {
                         Ok(entry) => entries.push(entry),
                         Err(_) => break,
                     }
                 }
+                let (size, started) = (entries.len(), std::time::Instant::now());
                 run(&batch, entries).await;
+                meter.batch(size, started.elapsed());
             }
         });
         Group { queue }
@@ -295,7 +309,7 @@ mod tests {
                 sizes: sizes.clone(),
                 gate: gate.clone(),
             },
-            128,
+            BatchMeter::default(),
         );
         (group, sizes, gate)
     }

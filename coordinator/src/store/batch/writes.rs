@@ -79,7 +79,8 @@ statements! {
     decide_with_branches = concat!(
         "WITH d AS (", decide_from!(decisions!(), "{in_ids $1}"), ") \
          SELECT d.gid AS decided_gid, d.version AS decided_version, \
-             d.branch_count AS decided_branch_count, b.gid, b.branch_id, \
+             d.branch_count AS decided_branch_count, d.created_at AS decided_created_at, \
+             b.gid, b.branch_id, \
              b.participant, b.action, b.payload, b.status, b.attempts, b.last_error, \
              b.next_attempt_at \
          FROM d LEFT JOIN branch b ON b.gid = d.gid AND b.gid {in_ids $1} \
@@ -326,7 +327,7 @@ impl Batch for Decisions {
             .collect();
         let rows = to_json(&rows)?;
         // gid → (version, branch_count) of each decision taken.
-        let mut decided: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut decided: HashMap<String, (i64, i64, i64)> = HashMap::new();
         let mut branches: HashMap<String, Vec<Branch>> = HashMap::new();
         if self.0.dialect.writable_cte() {
             let found = sqlx::query(sql.decide_with_branches)
@@ -339,6 +340,7 @@ impl Batch for Decisions {
                     (
                         row.try_get("decided_version")?,
                         row.try_get("decided_branch_count")?,
+                        row.try_get("decided_created_at")?,
                     ),
                 );
                 // A transaction without branches comes as one row of NULLs.
@@ -351,7 +353,7 @@ impl Batch for Decisions {
             // newer than the rows, and a fresh read has them all.
             let short: Vec<Gid<&str>> = decided
                 .iter()
-                .filter(|(gid, (_, count))| {
+                .filter(|(gid, (_, count, _))| {
                     branches.get(*gid).map_or(0, Vec::len) < usize::try_from(*count).unwrap_or(0)
                 })
                 .map(|(gid, _)| Gid { id: gid.as_str() })
@@ -379,7 +381,11 @@ impl Batch for Decisions {
             for row in &found {
                 decided.insert(
                     row.try_get("gid")?,
-                    (row.try_get("version")?, row.try_get("branch_count")?),
+                    (
+                        row.try_get("version")?,
+                        row.try_get("branch_count")?,
+                        row.try_get("created_at")?,
+                    ),
                 );
             }
             if !decided.is_empty() {
@@ -398,14 +404,17 @@ impl Batch for Decisions {
         Ok(items
             .iter()
             .map(|item| {
-                decided.remove(&item.gid).map(|(version, _)| Decided {
-                    lease: Lease {
-                        gid: item.gid.clone(),
-                        owner: item.owner.clone(),
-                        version,
-                    },
-                    branches: branches.remove(&item.gid).unwrap_or_default(),
-                })
+                decided
+                    .remove(&item.gid)
+                    .map(|(version, _, created_at_ms)| Decided {
+                        lease: Lease {
+                            gid: item.gid.clone(),
+                            owner: item.owner.clone(),
+                            version,
+                        },
+                        created_at_ms,
+                        branches: branches.remove(&item.gid).unwrap_or_default(),
+                    })
             })
             .collect())
     }
