@@ -2,47 +2,14 @@
 //! counter moves by exactly what the work did (README, "Observing Settle"), and the gauges
 //! read from the database show what is left unfinished.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use settle_testkit::{
-    Answer, Backend, Recorder, TestDb, both, client, start_coordinator, test_config,
+    Answer, Backend, Recorder, TestDb, both, client, scrape, start_coordinator, test_config, value,
     wait_for_status,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
-
-/// One scrape: every sample, keyed by its name and labels as the text format spells them.
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: settle\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (key, value) = line.rsplit_once(' ').expect("sample");
-            (key.to_owned(), value.parse().expect("value"))
-        })
-        .collect()
-}
-
-fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    samples.get(key).copied().unwrap_or(0.0)
-}
 
 async fn begin(c: &mut CoordinatorClient<Channel>, participant: &str) -> String {
     let gid = c

@@ -419,6 +419,9 @@ impl Settled {
                 "200",
                 "--recovery-interval-ms",
                 "20",
+                // Several run at once: each its own metrics port.
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())

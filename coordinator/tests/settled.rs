@@ -1,16 +1,18 @@
 //! The `settled` binary as a newcomer runs it: no flags but a port, in an empty directory,
-//! on the default SQLite database; it serves, and it stops cleanly on SIGTERM — on the
-//! default runtime and on one thread (`--threads 1`). And it will not expose the Admin API
-//! beyond loopback without a token, nor will an embedded coordinator.
+//! on the default SQLite database; it serves, with its metrics on the port it prints, and
+//! it stops cleanly on SIGTERM — on the default runtime and on one thread (`--threads 1`).
+//! And it will not expose the Admin API beyond loopback without a token, nor will an
+//! embedded coordinator.
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     process::{Command, Stdio},
 };
 
 use settle_coordinator::Coordinator;
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
-use settle_testkit::{Backend, TestDb, test_config};
+use settle_testkit::{Backend, TestDb, scrape, test_config, value};
 
 #[tokio::test]
 async fn settled_starts_on_sqlite_with_no_setup_and_stops_on_sigterm() {
@@ -25,7 +27,7 @@ async fn settled_on_one_thread_serves_and_stops_on_sigterm() {
 async fn serves_and_stops(flags: &[&str]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_settled"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(flags)
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
@@ -33,10 +35,12 @@ async fn serves_and_stops(flags: &[&str]) {
         .spawn()
         .expect("start settled");
     let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        line
+    let (line, metrics_line) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let (mut line, mut metrics_line) = (String::new(), String::new());
+        reader.read_line(&mut line).expect("read");
+        reader.read_line(&mut metrics_line).expect("read");
+        (line, metrics_line)
     })
     .await
     .expect("reader");
@@ -45,6 +49,13 @@ async fn serves_and_stops(flags: &[&str]) {
         .strip_prefix("settled listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    let metrics_addr: SocketAddr = metrics_line
+        .trim()
+        .strip_prefix("settled metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected second line {metrics_line:?}"))
+        .parse()
+        .expect("metrics address");
 
     let mut client = CoordinatorClient::connect(format!("http://{addr}"))
         .await
@@ -67,6 +78,12 @@ async fn serves_and_stops(flags: &[&str]) {
         .expect("commit")
         .into_inner();
     assert_eq!(committed.status(), pb::Status::Committed);
+    let samples = scrape(metrics_addr).await;
+    assert_eq!(
+        value(&samples, r#"settle_transactions_begun_total{mode="tcc"}"#),
+        1.0,
+        "the metrics listener serves this settled's counters"
+    );
     assert!(
         dir.path().join("settle.db").exists(),
         "default database created in the working directory"

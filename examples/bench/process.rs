@@ -93,6 +93,7 @@ impl Settled {
         let mut command = Command::new(&binary);
         command
             .args(["--listen", "127.0.0.1:0", "--database", store])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", &args.settled_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -2,7 +2,8 @@
 //! database per test and the `both!` macro that runs a test on SQLite and on PostgreSQL
 //! ([`db`]), an in-process coordinator and the calls every test makes of it
 //! ([`coordinator`]), a participant that records every call and answers as the test says
-//! ([`recorder`]), and the `stock` participant that the SDK tests drive ([`stock`]). The
+//! ([`recorder`]), a scrape of `/metrics` ([`metrics`]), and the `stock` participant that the
+//! SDK tests drive ([`stock`]). The
 //! examples and the bench use its fresh PostgreSQL databases and `stock` too.
 //!
 //! Helpers that one test file alone needs stay in that file. This crate is never published;
@@ -10,9 +11,11 @@
 
 pub mod coordinator;
 pub mod db;
+pub mod metrics;
 pub mod recorder;
 pub mod stock;
 
 pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
 pub use db::{Backend, TestDb, fresh_database, postgres_admin_url, run};
+pub use metrics::{scrape, value};
 pub use recorder::{Answer, Call, Recorder};

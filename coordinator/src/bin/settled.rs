@@ -1,6 +1,6 @@
 //! `settled`: the Settle coordinator server.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use settle_coordinator::{
@@ -165,13 +165,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ..Config::default()
     };
     let coordinator = Coordinator::open(config).await?;
-    if let Some(addr) = coordinator.metrics_addr() {
-        // Like the line below, for a port chosen with :0.
-        println!("settled metrics on http://{addr}/metrics");
-    }
     let listener = TcpListener::bind(args.listen).await?;
-    // Tests and scripts read this line to find a port chosen with :0.
-    println!("settled listening on {}", listener.local_addr()?);
+    // Tests and scripts read these lines to find ports chosen with :0; the gRPC address
+    // comes first so that a reader of one line finds it. A reader that stops reading
+    // closes the pipe, which must not stop the coordinator: write errors are ignored.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "settled listening on {}", listener.local_addr()?);
+    if let Some(addr) = coordinator.metrics_addr() {
+        let _ = writeln!(stdout, "settled metrics on http://{addr}/metrics");
+    }
     info!(addr = %listener.local_addr()?, database = %redact(&args.database), "settled started");
     coordinator.serve(listener, shutdown_signal()).await?;
     info!("settled stopped");
