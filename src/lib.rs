@@ -78,8 +78,8 @@
 //!
 //! Modules: [`client`] (initiator), [`saga`] (saga builder and saga-only participants),
 //! [`participant`] (the trait), [`barrier`] (idempotency table), [`server`] (gRPC serving and
-//! registration), [`context`] (metadata and tracing), [`db`] (opening a participant
-//! database).
+//! registration), [`metrics`] (what a participant exports), [`context`] (metadata and
+//! tracing), [`db`] (opening a participant database).
 
 #![warn(missing_docs)]
 
@@ -87,6 +87,7 @@ pub mod barrier;
 pub mod client;
 pub mod context;
 pub mod db;
+pub mod metrics;
 pub mod participant;
 pub mod saga;
 pub mod server;

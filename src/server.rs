@@ -21,12 +21,13 @@ use tokio::{
     task::JoinHandle,
 };
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     barrier::{self, Admission, Barrier, Entry, Op},
     context::ContextLayer,
     db,
+    metrics::{Meters, Skipped},
     participant::{self, Branch, Participant},
 };
 
@@ -54,6 +55,7 @@ pub struct Serve<P> {
     advertise: Option<String>,
     reregister_every: Duration,
     group_commit: Option<usize>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Serves `participant` under `name`, with `barrier` in its own database.
@@ -80,6 +82,7 @@ pub fn serve<P: Participant>(
         advertise: None,
         reregister_every: Duration::from_secs(30),
         group_commit: None,
+        metrics_listen: None,
     }
 }
 
@@ -121,21 +124,30 @@ impl<P: Participant> Serve<P> {
         self
     }
 
+    /// Serves the participant's metrics (`settle::metrics`) and the process's in Prometheus'
+    /// text format at `http://ADDR/metrics` (port 0 picks one; see
+    /// [`Serving::metrics_addr`]). Off by default, and then nothing is recorded.
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self
+    }
+
     /// Binds `addr` (port 0 picks one), registers with the coordinator, and serves in a
     /// background task.
     pub async fn bind(self, addr: SocketAddr) -> Result<Serving, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (stop, mut stopped) = watch::channel(false);
-        let (addr, url, run) = self
+        let started = self
             .start(listener, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await?;
         Ok(Serving {
-            addr,
-            url,
+            addr: started.addr,
+            url: started.url,
+            metrics_addr: started.metrics_addr,
             stop,
-            task: tokio::spawn(run),
+            task: tokio::spawn(started.run),
         })
     }
 
@@ -145,23 +157,32 @@ impl<P: Participant> Serve<P> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let (_, _, run) = self.start(listener, shutdown).await?;
-        run.await
+        self.start(listener, shutdown).await?.run.await
     }
 
     async fn start(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<
-        (
-            SocketAddr,
-            String,
-            impl Future<Output = Result<(), Error>> + Send,
-        ),
-        Error,
-    > {
+    ) -> Result<Started<impl Future<Output = Result<(), Error>> + Send>, Error> {
         let addr = listener.local_addr()?;
+        // Bound before registering: a taken metrics port fails start-up, not a scrape.
+        let (meters, exporter) = match self.metrics_listen {
+            Some(metrics_addr) => {
+                let mut registry = settle_telemetry::registry(env!("CARGO_PKG_VERSION"));
+                let meters = Meters::register(&mut registry, self.group_commit.is_some());
+                let metrics_listener = TcpListener::bind(metrics_addr).await?;
+                let metrics_addr = metrics_listener.local_addr()?;
+                info!(name = %self.name, %metrics_addr, "participant metrics on /metrics");
+                let task = tokio::spawn(settle_telemetry::serve(
+                    metrics_listener,
+                    Arc::new(registry),
+                    std::future::pending(),
+                ));
+                (Some(Arc::new(meters)), Some((metrics_addr, task)))
+            }
+            None => (None, None),
+        };
         let url = self
             .advertise
             .clone()
@@ -186,6 +207,7 @@ impl<P: Participant> Serve<P> {
             tokio::spawn(commit_in_groups(
                 participant.clone(),
                 self.barrier.clone(),
+                meters.clone(),
                 queue,
                 max_batch,
             ));
@@ -195,7 +217,9 @@ impl<P: Participant> Serve<P> {
             participant,
             barrier: self.barrier,
             calls,
+            meters,
         };
+        let metrics_addr = exporter.as_ref().map(|(addr, _)| *addr);
         let run = async move {
             let served = tonic::transport::Server::builder()
                 .layer(ContextLayer)
@@ -205,10 +229,26 @@ impl<P: Participant> Serve<P> {
             if let Some(registration) = registration {
                 registration.abort();
             }
+            if let Some((_, exporter)) = exporter {
+                exporter.abort();
+            }
             Ok(served?)
         };
-        Ok((addr, url, run))
+        Ok(Started {
+            addr,
+            url,
+            metrics_addr,
+            run,
+        })
     }
+}
+
+/// A server ready to run: where it listens, and the future that serves.
+struct Started<F> {
+    addr: SocketAddr,
+    url: String,
+    metrics_addr: Option<SocketAddr>,
+    run: F,
 }
 
 /// A participant server running in a background task.
@@ -216,6 +256,7 @@ impl<P: Participant> Serve<P> {
 pub struct Serving {
     addr: SocketAddr,
     url: String,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), Error>>,
 }
@@ -229,6 +270,11 @@ impl Serving {
     /// The endpoint registered with the coordinator.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Where `/metrics` is served, when [`Serve::metrics_listen`] asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops serving gracefully and waits until it has.
@@ -291,6 +337,8 @@ struct ParticipantService<P> {
     barrier: Barrier,
     /// The queue of the group-commit task, when enabled.
     calls: Option<mpsc::UnboundedSender<Call>>,
+    /// Where calls are counted, when metrics are on.
+    meters: Option<Arc<Meters>>,
 }
 
 /// A call waiting for its group.
@@ -306,6 +354,15 @@ impl<P: Participant> ParticipantService<P> {
         op: Op,
         request: Request<pb::BranchRequest>,
     ) -> Result<Response<pb::BranchResponse>, Status> {
+        let timing = self.meters.as_deref().map(|meters| meters.call(op));
+        let answer = self.answer(op, request).await;
+        if let Some(timing) = timing {
+            timing.answered(&answer);
+        }
+        answer.map(|()| Response::new(pb::BranchResponse {}))
+    }
+
+    async fn answer(&self, op: Op, request: Request<pb::BranchRequest>) -> Result<(), Status> {
         let req = request.into_inner();
         let branch = Branch {
             gid: req.gid,
@@ -328,9 +385,12 @@ impl<P: Participant> ParticipantService<P> {
                     Status::unavailable("the participant stopped before answering this call")
                 })??;
             }
-            None => alone(&*self.participant, &self.barrier, op, &branch).await?,
+            None => {
+                let meters = self.meters.as_deref();
+                alone(&*self.participant, &self.barrier, meters, op, &branch).await?
+            }
         }
-        Ok(Response::new(pb::BranchResponse {}))
+        Ok(())
     }
 }
 
@@ -338,17 +398,19 @@ impl<P: Participant> ParticipantService<P> {
 async fn alone<P: Participant>(
     participant: &P,
     barrier: &Barrier,
+    meters: Option<&Meters>,
     op: Op,
     branch: &Branch,
 ) -> Result<(), Status> {
-    let mut guarded = match barrier
+    let entry = barrier
         .enter(op, &branch.gid, branch.branch_id)
         .await
-        .map_err(barrier_status)?
-    {
+        .map_err(barrier_status)?;
+    let mut guarded = match entry {
         Entry::Proceed(guarded) => guarded,
-        Entry::Duplicate | Entry::EmptyRollback => return Ok(()),
-        Entry::Hanging => return Err(hanging(op)),
+        Entry::Duplicate => return skip(meters, Skipped::Duplicate, Ok(())),
+        Entry::EmptyRollback => return skip(meters, Skipped::EmptyRollback, Ok(())),
+        Entry::Hanging => return skip(meters, Skipped::HangingTry, Err(hanging(op))),
     };
     match run(participant, op, branch, guarded.conn()).await {
         Ok(()) => guarded.commit().await.map_err(barrier_status),
@@ -366,6 +428,7 @@ async fn alone<P: Participant>(
 async fn commit_in_groups<P: Participant>(
     participant: Arc<P>,
     barrier: Barrier,
+    meters: Option<Arc<Meters>>,
     mut queue: mpsc::UnboundedReceiver<Call>,
     max_batch: usize,
 ) {
@@ -377,9 +440,13 @@ async fn commit_in_groups<P: Participant>(
                 Err(_) => break,
             }
         }
+        if let Some(meters) = &meters {
+            meters.group(calls.len());
+        }
         // A panic in the participant fails this group's calls (their answers are dropped,
         // and nothing of the group was committed), not every later one.
-        let settled = AssertUnwindSafe(settle_group(&*participant, &barrier, calls))
+        let meters = meters.as_deref();
+        let settled = AssertUnwindSafe(settle_group(&*participant, &barrier, meters, calls))
             .catch_unwind()
             .await;
         if settled.is_err() {
@@ -391,11 +458,19 @@ async fn commit_in_groups<P: Participant>(
 /// Runs a group's calls together until they commit. A call that fails is answered with
 /// its error (the group is rolled back, so its effects are gone) and the others run
 /// together again; if the database itself fails, each call runs alone.
-async fn settle_group<P: Participant>(participant: &P, barrier: &Barrier, mut calls: Vec<Call>) {
+async fn settle_group<P: Participant>(
+    participant: &P,
+    barrier: &Barrier,
+    meters: Option<&Meters>,
+    mut calls: Vec<Call>,
+) {
     loop {
         match together(participant, barrier, &calls).await {
             Together::Committed(answers) => {
-                for (call, answer) in calls.into_iter().zip(answers) {
+                for (call, (answer, skipped)) in calls.into_iter().zip(answers) {
+                    if let (Some(meters), Some(skipped)) = (meters, skipped) {
+                        meters.skipped(skipped);
+                    }
                     let _ = call.answer.send(answer);
                 }
                 return;
@@ -413,7 +488,7 @@ async fn settle_group<P: Participant>(participant: &P, barrier: &Barrier, mut ca
                     "a group's transaction failed; running its calls alone"
                 );
                 for call in calls {
-                    let answer = alone(participant, barrier, call.op, &call.branch).await;
+                    let answer = alone(participant, barrier, meters, call.op, &call.branch).await;
                     let _ = call.answer.send(answer);
                 }
                 return;
@@ -424,8 +499,9 @@ async fn settle_group<P: Participant>(participant: &P, barrier: &Barrier, mut ca
 
 /// How running a group in one transaction ended.
 enum Together {
-    /// Committed: one answer per call.
-    Committed(Vec<Result<(), Status>>),
+    /// Committed: one answer per call, and whether the barrier skipped it (counted only
+    /// once committed, since a group run again would count it twice).
+    Committed(Vec<(Result<(), Status>, Option<Skipped>)>),
     /// The call at this index failed with this answer; the transaction was rolled back.
     CallFailed(usize, Status),
     /// The database failed (beginning, the barrier or the commit): nothing is known to be
@@ -446,14 +522,15 @@ async fn together<P: Participant>(participant: &P, barrier: &Barrier, calls: &[C
         };
         let answer = match admission {
             Admission::Proceed => match run(participant, call.op, &call.branch, &mut tx).await {
-                Ok(()) => Ok(()),
+                Ok(()) => (Ok(()), None),
                 Err(error) => {
                     let _ = tx.rollback().await;
                     return Together::CallFailed(index, participant_status(error));
                 }
             },
-            Admission::Duplicate | Admission::EmptyRollback => Ok(()),
-            Admission::Hanging => Err(hanging(call.op)),
+            Admission::Duplicate => (Ok(()), Some(Skipped::Duplicate)),
+            Admission::EmptyRollback => (Ok(()), Some(Skipped::EmptyRollback)),
+            Admission::Hanging => (Err(hanging(call.op)), Some(Skipped::HangingTry)),
         };
         answers.push(answer);
     }
@@ -476,6 +553,14 @@ async fn run<P: Participant>(
         Op::Execute => participant.execute(branch, conn).await,
         Op::Compensate => participant.compensate(branch, conn).await,
     }
+}
+
+/// Counts a call the barrier answered, and answers it.
+fn skip(meters: Option<&Meters>, why: Skipped, answer: Result<(), Status>) -> Result<(), Status> {
+    if let Some(meters) = meters {
+        meters.skipped(why);
+    }
+    answer
 }
 
 fn hanging(op: Op) -> Status {

@@ -1,13 +1,14 @@
 //! The barrier, through a real participant server (the test kit's `stock` participant) on
 //! SQLite and PostgreSQL, each with a transaction per call and with group commit
 //! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
-//! Trys (alone and among others committed together), the Try/Cancel race, and retention.
+//! Trys (alone and among others committed together), the Try/Cancel race, retention, and
+//! the participant's metrics, scraped after known calls.
 
 use std::time::Duration;
 
 use settle::{Barrier, proto::v1 as pb};
 use settle_proto::v1::participant_client::ParticipantClient;
-use settle_testkit::{Backend, TestDb, stock};
+use settle_testkit::{Backend, TestDb, scrape, stock, value};
 use sqlx::Row;
 use tonic::{Code, transport::Channel};
 
@@ -51,7 +52,8 @@ async fn fixture(backend: Backend, group_commit: bool) -> Fixture {
     let barrier = stock::open(&db.url, &[("apple", INITIAL)])
         .await
         .expect("open stock");
-    let mut serve = settle::serve("stock", stock::Stock, barrier.clone());
+    let mut serve = settle::serve("stock", stock::Stock, barrier.clone())
+        .metrics_listen("127.0.0.1:0".parse().expect("addr"));
     if group_commit {
         serve = serve.group_commit(16);
     }
@@ -334,3 +336,69 @@ async fn a_refused_try_fails_and_the_others_count_once(backend: Backend, group_c
     f.serving.stop().await.expect("stop");
 }
 each_mode!(a_refused_try_fails_and_the_others_count_once);
+
+async fn known_calls_move_the_participant_metrics_by_exactly_that(
+    backend: Backend,
+    group_commit: bool,
+) {
+    let f = fixture(backend, group_commit).await;
+    assert_eq!(f.call("try", request("m-1", 1, 5)).await, Ok(()));
+    assert_eq!(f.call("try", request("m-1", 1, 5)).await, Ok(()));
+    assert_eq!(f.call("confirm", request("m-1", 1, 5)).await, Ok(()));
+    assert_eq!(f.call("confirm", request("m-1", 1, 5)).await, Ok(()));
+    let short = request("m-2", 1, INITIAL * 10);
+    assert_eq!(f.call("try", short).await, Err(Code::Aborted));
+    assert_eq!(f.call("cancel", request("m-3", 1, 1)).await, Ok(()));
+    assert_eq!(
+        f.call("try", request("m-3", 1, 1)).await,
+        Err(Code::Aborted)
+    );
+    let mut malformed = request("m-4", 1, 1);
+    malformed.payload = b"not json".to_vec().into();
+    assert_eq!(f.call("try", malformed).await, Err(Code::InvalidArgument));
+
+    let samples = scrape(f.serving.metrics_addr().expect("metrics on")).await;
+    let calls = |op: &str, result: &str| {
+        let key = format!(r#"settle_participant_calls_total{{op="{op}",result="{result}"}}"#);
+        assert!(samples.contains_key(&key), "{key} is exported");
+        value(&samples, &key)
+    };
+    assert_eq!(calls("try", "ok"), 2.0, "the Try and its duplicate");
+    assert_eq!(calls("try", "refused"), 2.0, "sold out and hanging");
+    assert_eq!(calls("try", "error"), 1.0, "the malformed payload");
+    assert_eq!(calls("try", "timeout"), 0.0);
+    assert_eq!(calls("confirm", "ok"), 2.0);
+    assert_eq!(calls("cancel", "ok"), 1.0, "the empty rollback");
+    assert_eq!(calls("cancel", "error"), 0.0);
+    let skipped = |reason: &str| {
+        value(
+            &samples,
+            &format!(r#"settle_barrier_skipped_total{{reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(skipped("duplicate"), 2.0, "the second Try and Confirm");
+    assert_eq!(skipped("empty_rollback"), 1.0);
+    assert_eq!(skipped("hanging_try"), 1.0);
+    let timed = |op: &str| {
+        value(
+            &samples,
+            &format!(r#"settle_participant_call_duration_seconds_count{{op="{op}"}}"#),
+        )
+    };
+    assert_eq!(
+        (timed("try"), timed("confirm"), timed("cancel")),
+        (5.0, 2.0, 1.0)
+    );
+    let grouped = value(&samples, "settle_participant_group_commit_size_sum");
+    assert_eq!(
+        grouped,
+        if group_commit { 8.0 } else { 0.0 },
+        "with group commit, every call is in one group"
+    );
+    assert_eq!(
+        samples.contains_key("settle_participant_group_commit_size_count"),
+        group_commit
+    );
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(known_calls_move_the_participant_metrics_by_exactly_that);

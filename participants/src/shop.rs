@@ -26,21 +26,25 @@ pub fn database_url(template: &str, service: &str) -> String {
     template.replace("{service}", service)
 }
 
-/// Serves one participant, registering it with the coordinator. Calls are committed in
-/// groups of up to 64 (see `settle::server::Serve::group_commit`): under load the
-/// services' database commits are what limits a purchase.
+/// Serves one participant, registering it with the coordinator, with its metrics on
+/// `metrics` if given. Calls are committed in groups of up to 64 (see
+/// `settle::server::Serve::group_commit`): under load the services' database commits are
+/// what limits a purchase.
 pub async fn serve<P: Participant>(
     name: &str,
     participant: P,
     barrier: Barrier,
     coordinator: &str,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
 ) -> Result<Serving, service::Error> {
-    Ok(settle::serve(name, participant, barrier)
+    let mut serve = settle::serve(name, participant, barrier)
         .coordinator(coordinator)
-        .group_commit(64)
-        .bind(addr)
-        .await?)
+        .group_commit(64);
+    if let Some(metrics) = metrics {
+        serve = serve.metrics_listen(metrics);
+    }
+    Ok(serve.bind(addr).await?)
 }
 
 /// The four services, running.
@@ -77,18 +81,36 @@ impl Shop {
                 inventory.barrier(),
                 coordinator,
                 addr,
+                None,
             )
             .await?,
-            serve(ORDER, orders.clone(), orders.barrier(), coordinator, addr).await?,
+            serve(
+                ORDER,
+                orders.clone(),
+                orders.barrier(),
+                coordinator,
+                addr,
+                None,
+            )
+            .await?,
             serve(
                 PAYMENT,
                 payment.clone(),
                 payment.barrier(),
                 coordinator,
                 addr,
+                None,
             )
             .await?,
-            serve(POINTS, points.clone(), points.barrier(), coordinator, addr).await?,
+            serve(
+                POINTS,
+                points.clone(),
+                points.barrier(),
+                coordinator,
+                addr,
+                None,
+            )
+            .await?,
         ];
         Ok(Shop {
             inventory,

@@ -75,16 +75,43 @@ impl TestShop {
                     self.inventory.barrier(),
                     &c,
                     addr,
+                    None,
                 )
                 .await
             }
             shop::ORDER => {
-                shop::serve(name, self.orders.clone(), self.orders.barrier(), &c, addr).await
+                shop::serve(
+                    name,
+                    self.orders.clone(),
+                    self.orders.barrier(),
+                    &c,
+                    addr,
+                    None,
+                )
+                .await
             }
             shop::PAYMENT => {
-                shop::serve(name, self.payment.clone(), self.payment.barrier(), &c, addr).await
+                shop::serve(
+                    name,
+                    self.payment.clone(),
+                    self.payment.barrier(),
+                    &c,
+                    addr,
+                    None,
+                )
+                .await
             }
-            _ => shop::serve(name, self.points.clone(), self.points.barrier(), &c, addr).await,
+            _ => {
+                shop::serve(
+                    name,
+                    self.points.clone(),
+                    self.points.barrier(),
+                    &c,
+                    addr,
+                    None,
+                )
+                .await
+            }
         }
         .expect("serve");
         self.servers.insert(name, (serving.addr(), Some(serving)));

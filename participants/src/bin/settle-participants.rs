@@ -42,6 +42,22 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
+    /// Address of the Prometheus `/metrics` listener (HTTP), or `off`; with `all`, the four
+    /// services take this port and the next three, like `--listen`.
+    #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9465", value_parser = settle_telemetry::parse_listen)]
+    metrics_listen: MaybeAddr,
+}
+
+/// An address or none; spelled so that clap takes it as one value with a default, not as an
+/// optional flag.
+type MaybeAddr = Option<SocketAddr>;
+
+/// The `i`th of consecutive ports from `first` (port 0: each picks its own).
+fn nth(first: SocketAddr, i: usize) -> SocketAddr {
+    match first.port() {
+        0 => first,
+        port => SocketAddr::new(first.ip(), port + i as u16),
+    }
 }
 
 #[tokio::main]
@@ -59,32 +75,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut servers = Vec::new();
     for (i, name) in wanted.into_iter().enumerate() {
-        let port = match args.listen.port() {
-            0 => 0,
-            first => first + i as u16,
-        };
-        let addr = SocketAddr::new(args.listen.ip(), port);
+        let addr = nth(args.listen, i);
+        let metrics = args.metrics_listen.map(|first| nth(first, i));
         let url = database_url(&args.database, name);
         let c = &args.coordinator;
         let serving = match name {
             shop::INVENTORY => {
                 let s = Inventory::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
             }
             shop::ORDER => {
                 let s = Orders::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
             }
             shop::PAYMENT => {
                 let s = Payment::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
             }
             _ => {
                 let s = Points::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
             }
         };
         println!("{name} listening on {}", serving.url());
+        if let Some(metrics) = serving.metrics_addr() {
+            println!("{name} metrics on http://{metrics}/metrics");
+        }
         servers.push(serving);
     }
     tokio::signal::ctrl_c().await?;
