@@ -188,7 +188,7 @@ impl Client {
         let begun = self
             .coordinator
             .clone()
-            .begin(pb::BeginRequest {
+            .begin(context::traced(pb::BeginRequest {
                 gid: options.gid,
                 mode: pb::Mode::Tcc as i32,
                 timeout_ms: options.timeout.as_millis() as u64,
@@ -202,7 +202,7 @@ impl Client {
                         payload: b.payload.clone(),
                     })
                     .collect(),
-            })
+            }))
             .await
             .map_err(Error::Coordinator)?
             .into_inner();
@@ -288,12 +288,12 @@ impl Transaction {
             .client
             .coordinator
             .clone()
-            .register_branch(pb::RegisterBranchRequest {
+            .register_branch(context::traced(pb::RegisterBranchRequest {
                 gid: self.gid.clone(),
                 participant: participant.to_owned(),
                 action: action.to_owned(),
                 payload: payload.clone(),
-            })
+            }))
             .await
             .map_err(Error::Coordinator)?
             .into_inner();
@@ -344,7 +344,7 @@ impl Transaction {
         branch_id: u32,
         endpoint: &str,
     ) -> Result<(), Error> {
-        let mut request = tonic::Request::new(pb::BranchRequest {
+        let mut request = context::traced(pb::BranchRequest {
             gid: self.gid.clone(),
             branch_id,
             action: action.to_owned(),
@@ -379,10 +379,10 @@ impl Transaction {
             .client
             .coordinator
             .clone()
-            .commit(pb::CommitRequest {
+            .commit(context::traced(pb::CommitRequest {
                 gid: self.gid.clone(),
                 wait_ms: self.client.commit_wait.as_millis() as u64,
-            })
+            }))
             .await
             .map_err(Error::Coordinator)?;
         Ok(response.into_inner().status())
@@ -400,11 +400,11 @@ async fn abort(client: &Client, gid: &str, reason: &str, wait: Duration) -> Resu
     let response = client
         .coordinator
         .clone()
-        .abort(pb::AbortRequest {
+        .abort(context::traced(pb::AbortRequest {
             gid: gid.to_owned(),
             reason: reason.to_owned(),
             wait_ms: wait.as_millis() as u64,
-        })
+        }))
         .await
         .map_err(Error::Coordinator)?;
     Ok(response.into_inner().status())

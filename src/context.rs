@@ -1,12 +1,16 @@
 //! Context propagation: the metadata keys every coordinator → participant call carries
 //! (the protocol's, from `settle_proto::metadata`), and a tower layer that puts them into
 //! the tracing span of the request on the participant server, so every log line of a call
-//! names its gid, branch and op.
+//! names its gid, branch and op. When the process traces (`settle_telemetry::trace`), that
+//! span continues the caller's W3C trace, and every request the client sends carries the
+//! current span's ([`traced`]), so one trace runs from the initiator through the
+//! coordinator to each participant.
 
 use std::task::{Context, Poll};
 
+use settle_telemetry::trace;
 use tower::{Layer, Service};
-use tracing::{Instrument, instrument::Instrumented};
+use tracing::{Instrument, Span, instrument::Instrumented};
 
 pub use settle_proto::metadata::{BRANCH_ID, GID, OP};
 
@@ -55,6 +59,14 @@ where
             branch_id = %header(BRANCH_ID),
             op = %header(OP),
         );
+        trace::continue_from(&span, request.headers());
         self.inner.call(request).instrument(span)
     }
+}
+
+/// `message` as a request that carries the current span's trace context, when tracing.
+pub(crate) fn traced<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    trace::inject(&Span::current(), request.metadata_mut().as_mut());
+    request
 }

@@ -287,13 +287,13 @@ impl Saga {
         let submitted = self
             .client
             .coordinator()
-            .submit_saga(pb::SubmitSagaRequest {
+            .submit_saga(crate::context::traced(pb::SubmitSagaRequest {
                 gid: self.gid,
                 steps,
                 timeout_ms: self.timeout.as_millis() as u64,
                 labels: self.labels,
                 wait_ms: self.wait.as_millis() as u64,
-            })
+            }))
             .await
             .map_err(Error::Coordinator)?
             .into_inner();

@@ -224,6 +224,9 @@ pub struct GlobalTx {
     pub created_at: i64,
     /// Epoch ms.
     pub updated_at: i64,
+    /// The W3C trace context it began in (a `traceparent` value), when the coordinator
+    /// traced its Begin; phase-two calls continue it.
+    pub traceparent: Option<String>,
 }
 
 /// One row of `branch`.

@@ -14,8 +14,9 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use settle_telemetry::trace;
 use tokio::sync::{Semaphore, watch};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::engine::Engine;
 
@@ -87,7 +88,7 @@ impl RecoveryLoop {
         let count = claimed.len();
         futures::stream::iter(claimed)
             .for_each_concurrent(self.config.concurrency, |tx| {
-                let span = info_span!("recover", gid = %tx.gid);
+                let span = span(&tx);
                 async {
                     if let Err(error) = self.engine.resume(tx).await {
                         warn!(%error, "resuming failed; it will be retried");
@@ -158,7 +159,7 @@ impl RecoveryLoop {
                     break;
                 };
                 let engine = self.engine.clone();
-                let span = info_span!("recover", gid = %tx.gid);
+                let span = span(&tx);
                 tokio::spawn(
                     async move {
                         if let Err(error) = engine.resume(tx).await {
@@ -189,4 +190,14 @@ impl RecoveryLoop {
             warn!("transactions still being driven at shutdown; their leases expire on their own");
         }
     }
+}
+
+/// The span a claimed transaction is driven in: a child of the trace it began in, so that
+/// phase two after a crash or a retry joins that trace.
+fn span(tx: &crate::model::GlobalTx) -> Span {
+    let span = info_span!("recover", gid = %tx.gid);
+    if let Some(traceparent) = &tx.traceparent {
+        trace::continue_stored(&span, traceparent);
+    }
+    span
 }

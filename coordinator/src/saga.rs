@@ -19,7 +19,8 @@ use std::{collections::HashMap, collections::HashSet, ops::Range};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use tracing::{Instrument, info, info_span, warn};
+use settle_telemetry::trace;
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::{
     context::Context,
@@ -28,7 +29,7 @@ use crate::{
     model::{BranchStatus, GlobalTx, Mode, Status},
     participants::{Answer, Op},
     store::{
-        Escalation, Lease,
+        Escalation, Lease, Origin,
         saga::{NewStep, Recorded, Step, StepOutcome, Then},
     },
     validate::{self, Invalid},
@@ -110,7 +111,10 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
             &gid,
             &steps,
             timeout_ms as i64,
-            &labels,
+            Origin {
+                labels: &labels,
+                traceparent: trace::traceparent(&Span::current()).as_deref(),
+            },
             ctx.instance(),
             lease_ms,
         )

@@ -14,7 +14,8 @@
 use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
 use futures::future::join_all;
-use tracing::{Instrument, info, info_span, warn};
+use settle_telemetry::trace;
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::{
     context::Context,
@@ -23,7 +24,8 @@ use crate::{
     model::{Branch, BranchStatus, GlobalTx, Mode, Status},
     participants::{Answer, Op},
     store::{
-        BranchOutcome, Decided, Escalation, Lease, NewBranch, Refusal, RegisterRefusal, RoundResult,
+        BranchOutcome, Decided, Escalation, Lease, NewBranch, Origin, Refusal, RegisterRefusal,
+        RoundResult,
     },
     validate::{self, Invalid},
 };
@@ -117,7 +119,10 @@ impl Tcc {
                 Mode::Tcc,
                 Status::Trying,
                 timeout_ms as i64,
-                &labels,
+                Origin {
+                    labels: &labels,
+                    traceparent: trace::traceparent(&Span::current()).as_deref(),
+                },
                 branches,
             )
             .await?;
@@ -317,6 +322,10 @@ impl Tcc {
     async fn drive_decided(&self, decided: Decided, status: Status, wait: Duration) -> Status {
         let tcc = self.clone();
         let span = info_span!("phase_two", gid = %decided.lease.gid);
+        // Phase two belongs to the trace the transaction began in, whoever committed it.
+        if let Some(traceparent) = &decided.traceparent {
+            trace::continue_stored(&span, traceparent);
+        }
         let work = Work {
             lease: decided.lease,
             status,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use futures::future::join_all;
 use settle_coordinator::{
     model::{BranchStatus, Mode, Status},
-    store::{BranchOutcome, Escalation, NewBranch, Refusal, RegisterRefusal, RoundResult, Store},
+    store::{
+        BranchOutcome, Escalation, NewBranch, Origin, Refusal, RegisterRefusal, RoundResult, Store,
+    },
 };
 use settle_testkit::{Backend, TestDb, both};
 
@@ -41,7 +43,7 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
                     Mode::Tcc,
                     Status::Trying,
                     60_000,
-                    labels,
+                    Origin::labels(labels),
                     &branches(gid),
                 )
                 .await
@@ -242,7 +244,7 @@ async fn a_decision_waiting_on_a_registration_sees_its_branch() {
             Mode::Tcc,
             Status::Trying,
             60_000,
-            &BTreeMap::new(),
+            Origin::labels(&BTreeMap::new()),
             &branches("racing")[..1],
         )
         .await

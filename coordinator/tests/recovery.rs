@@ -17,7 +17,10 @@ use std::{
 };
 
 use settle::{Branch, Participant, participant::Error};
-use settle_coordinator::{retry::RetryPolicy, store::NewBranch};
+use settle_coordinator::{
+    retry::RetryPolicy,
+    store::{NewBranch, Origin},
+};
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use settle_testkit::{
     Answer, Backend, Recorder, TestDb, both, client, get, start_coordinator, stock, test_config,
@@ -560,7 +563,7 @@ async fn two_settled_share_a_postgres_backlog_without_calling_a_branch_twice() {
                         settle_coordinator::model::Mode::Tcc,
                         settle_coordinator::model::Status::Trying,
                         600_000,
-                        &Default::default(),
+                        Origin::labels(&Default::default()),
                         &["a", "b"].map(|participant| NewBranch {
                             participant,
                             action: "x",

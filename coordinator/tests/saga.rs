@@ -950,7 +950,7 @@ async fn a_stale_owner_writes_nothing(backend: Backend) {
     use settle_coordinator::{
         model::BranchStatus,
         store::{
-            Escalation, Lease, Store,
+            Escalation, Lease, Origin, Store,
             saga::{NewStep, Recorded, StepOutcome, Then},
         },
     };
@@ -967,7 +967,14 @@ async fn a_stale_owner_writes_nothing(backend: Backend) {
         .collect();
     // A lease of 0 ms expires at once, so another instance may claim the saga.
     let (tx, created) = store
-        .submit_saga("fenced", &steps, 60_000, &Default::default(), "a", 0)
+        .submit_saga(
+            "fenced",
+            &steps,
+            60_000,
+            Origin::labels(&Default::default()),
+            "a",
+            0,
+        )
         .await
         .expect("submit");
     assert!(created);

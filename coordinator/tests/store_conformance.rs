@@ -12,8 +12,8 @@ use futures::future::join_all;
 use settle_coordinator::{
     model::{Branch, BranchStatus, GlobalTx, Mode, Status},
     store::{
-        BranchOutcome, Decided, Escalation, Lease, NewBranch, Options, Refusal, RegisterRefusal,
-        Store,
+        BranchOutcome, Decided, Escalation, Lease, NewBranch, Options, Origin, Refusal,
+        RegisterRefusal, Store,
     },
 };
 use settle_testkit::{Backend, TestDb, both};
@@ -134,7 +134,7 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
                     Mode::Tcc,
                     Status::Trying,
                     timeout_ms,
-                    labels,
+                    Origin::labels(labels),
                     &branches,
                 )
                 .await

@@ -1,11 +1,18 @@
 //! What every Settle process exports for operators (README, "Observing Settle"): the
 //! `/metrics` HTTP listener over a `prometheus-client` [`Registry`], in Prometheus' text
-//! format, with the process metrics ([`process`]) and `settle_build_info`.
+//! format, with the process metrics ([`process`]) and `settle_build_info`; and W3C trace
+//! context, carried in requests and stored as `traceparent` strings, with OTLP export
+//! ([`trace`]); and, for binaries, logs and trace export set up at start-up
+//! (`subscriber`, feature `otlp`).
 //!
-//! Which metrics a process records is its own business (the coordinator's are in
-//! `settle_coordinator::metrics`); this crate only serves them.
+//! Which metrics a process records and which spans it opens are its own business (the
+//! coordinator's metrics are in `settle_coordinator::metrics`); this crate only serves and
+//! carries them.
 
 pub mod process;
+#[cfg(feature = "otlp")]
+pub mod subscriber;
+pub mod trace;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

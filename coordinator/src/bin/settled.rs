@@ -7,9 +7,9 @@ use settle_coordinator::{
     Config, Coordinator, Limits, check_admin_exposure, recovery::RecoveryConfig,
     retry::RetryPolicy, store::redact,
 };
+use settle_telemetry::subscriber;
 use tokio::net::TcpListener;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 // Under load, glibc's allocator took a visible share of the process's CPU, and the noop
 // benchmark ran faster with mimalloc (BENCHMARKS.md has the figures).
@@ -74,6 +74,10 @@ struct Args {
     /// Address of the Prometheus `/metrics` listener (HTTP), or `off`.
     #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = settle_telemetry::parse_listen)]
     metrics_listen: MaybeAddr,
+    /// Export traces over OTLP/gRPC to this endpoint (`http://collector:4317`); unset: no
+    /// tracing, at no cost.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SETTLE_LOG_JSON")]
     log_json: bool,
@@ -123,15 +127,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let telemetry = subscriber::install(subscriber::Options {
+        service: "settled",
+        json: args.log_json,
+        otlp_endpoint: args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
+    })?;
 
     let admin_token = args.admin_token.filter(|token| !token.is_empty());
     // Before touching the database: an exposed, unprotected Admin API is a configuration
@@ -177,6 +177,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     info!(addr = %listener.local_addr()?, database = %redact(&args.database), "settled started");
     coordinator.serve(listener, shutdown_signal()).await?;
     info!("settled stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

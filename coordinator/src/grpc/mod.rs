@@ -1,16 +1,18 @@
 //! The gRPC edge: the `settle.v1.Coordinator` and `settle.v1.Admin` services, the mapping
 //! of [`Error`] to status codes (ARCHITECTURE.md, "The protocol"), the Admin token check,
-//! and the server's RPC metrics.
+//! the server's RPC metrics, and continuing the caller's trace.
 //!
 //! Nothing here makes decisions; every call is handed to the engine or to `crate::admin`.
 
 mod admin;
 mod coordinator;
 mod metrics;
+mod trace;
 
 pub use admin::{AdminAuth, AdminService};
 pub use coordinator::CoordinatorService;
 pub use metrics::MetricsLayer;
+pub use trace::TraceLayer;
 
 use tonic::Status;
 

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 pub use settle_proto::Op;
 use settle_proto::{metadata, v1 as pb};
+use settle_telemetry::trace;
 use tonic::{Code, metadata::MetadataValue};
+use tracing::{Instrument, Span, info_span};
 
 use crate::{
     metrics::{CallResult, Metrics},
@@ -97,6 +99,21 @@ impl Participants {
         }
         headers.insert(metadata::BRANCH_ID, MetadataValue::from(branch.branch_id));
         headers.insert(metadata::OP, MetadataValue::from_static(op_name));
+        // A child of the span this call is made in (phase two's, which continues the
+        // transaction's stored trace), handed on so that the participant continues it.
+        let span = if trace::on() {
+            let span = info_span!(
+                "call",
+                otel.name = op_name,
+                otel.kind = "client",
+                participant = %branch.participant,
+                branch_id = branch.branch_id,
+            );
+            trace::inject(&span, request.metadata_mut().as_mut());
+            span
+        } else {
+            Span::none()
+        };
         let mut client = client;
         let answer = async {
             match op {
@@ -108,7 +125,10 @@ impl Participants {
             }
         };
         let started = Instant::now();
-        let (answer, result) = match tokio::time::timeout(self.call_timeout, answer).await {
+        let answered = tokio::time::timeout(self.call_timeout, answer)
+            .instrument(span)
+            .await;
+        let (answer, result) = match answered {
             Ok(Ok(_)) => (Answer::Ok, CallResult::Ok),
             Ok(Err(status)) if status.code() == Code::Aborted && op.may_refuse() => (
                 Answer::Refused(status.message().to_owned()),

@@ -122,6 +122,26 @@ pub struct NewBranch<'a> {
     pub payload: &'a [u8],
 }
 
+/// What a new transaction is tagged with by whoever began it: its labels, and the trace
+/// context it began in (when the coordinator traces), which phase two continues.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Free-form labels, visible to operators.
+    pub labels: &'a BTreeMap<String, String>,
+    /// A W3C `traceparent` value.
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> Origin<'a> {
+    /// Labels and no trace context.
+    pub fn labels(labels: &'a BTreeMap<String, String>) -> Origin<'a> {
+        Origin {
+            labels,
+            traceparent: None,
+        }
+    }
+}
+
 /// A decision taken: the lease to drive phase two with, and the transaction's branches as
 /// they were when it was decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +150,8 @@ pub struct Decided {
     pub lease: Lease,
     /// When the transaction began (epoch ms, the database's clock).
     pub created_at_ms: i64,
+    /// The trace context it began in, when the coordinator traces.
+    pub traceparent: Option<String>,
     /// Every branch, in registration order.
     pub branches: Vec<Branch>,
 }
@@ -140,7 +162,7 @@ pub enum Refusal {
     /// No such gid.
     NotFound,
     /// The transaction is in a state that does not allow the change.
-    State(GlobalTx),
+    State(Box<GlobalTx>),
 }
 
 /// Why a branch could not be registered.
@@ -331,10 +353,10 @@ impl Store {
         mode: Mode,
         status: Status,
         timeout_ms: i64,
-        labels: &BTreeMap<String, String>,
+        origin: Origin<'_>,
         branches: &[NewBranch<'_>],
     ) -> Result<(GlobalTx, bool)> {
-        let labels = serde_json::to_string(labels)
+        let labels = serde_json::to_string(origin.labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
         let item = NewTx {
             gid: gid.to_owned(),
@@ -342,6 +364,7 @@ impl Store {
             status,
             timeout_ms,
             labels,
+            traceparent: origin.traceparent.map(str::to_owned),
             branches: branches
                 .iter()
                 .map(|b| {
@@ -478,7 +501,7 @@ impl Store {
                 Some(found)
                     if attempt == 0 && to == Status::Aborting && found.status == Status::Trying => {
                 }
-                Some(found) => return Ok(Err(Refusal::State(found))),
+                Some(found) => return Ok(Err(Refusal::State(Box::new(found)))),
             }
         }
         Err(Error::Corrupt(format!(

@@ -37,6 +37,7 @@ pub(super) fn tx(row: &AnyRow) -> Result<GlobalTx> {
         decided_at: row.try_get("decided_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        traceparent: row.try_get("traceparent")?,
     })
 }
 

@@ -8,7 +8,7 @@
 //! only applies those decisions atomically. Every write after a claim is fenced: a write
 //! whose owner or version no longer matches changes nothing, branch rows included.
 
-use std::collections::BTreeMap;
+use super::Origin;
 
 use bytes::Bytes;
 use sqlx::{Any, Row, any::AnyRow};
@@ -30,8 +30,8 @@ macro_rules! deadline_passed {
 statements! {
     insert = concat!(
         "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, owner, \
-             lease_until, version, branch_count, labels, created_at, updated_at) \
-         VALUES ($1, $2, 'RUNNING', {now} + $3, {now} + $4, $5, {now} + $4, 1, $6, $7, \
+             lease_until, version, branch_count, labels, traceparent, created_at, updated_at) \
+         VALUES ($1, $2, 'RUNNING', {now} + $3, {now} + $4, $5, {now} + $4, 1, $6, $7, $8, \
              {now}, {now}) \
          ON CONFLICT (gid) DO NOTHING \
          RETURNING ", tx_columns!()
@@ -195,12 +195,12 @@ impl Store {
         gid: &str,
         steps: &[NewStep],
         timeout_ms: i64,
-        labels: &BTreeMap<String, String>,
+        origin: Origin<'_>,
         owner: &str,
         lease_ms: i64,
     ) -> Result<(GlobalTx, bool)> {
         let sql = self.saga_sql();
-        let labels = serde_json::to_string(labels)
+        let labels = serde_json::to_string(origin.labels)
             .map_err(|e| Error::Corrupt(format!("labels not serialisable: {e}")))?;
         let count = i64::try_from(steps.len())
             .map_err(|_| Error::Corrupt(format!("{gid}: {} steps", steps.len())))?;
@@ -213,6 +213,7 @@ impl Store {
             .bind(owner)
             .bind(count)
             .bind(labels)
+            .bind(origin.traceparent)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {

@@ -47,7 +47,8 @@ pub(super) use statements;
 macro_rules! tx_columns {
     () => {
         "gid, mode, status, deadline, next_attempt_at, attempts, owner, version, branch_count, \
-         labels, reason, needs_attention, paused, decided_at, created_at, updated_at"
+         labels, reason, needs_attention, paused, decided_at, created_at, updated_at, \
+         traceparent"
     };
 }
 pub(super) use tx_columns;
@@ -232,14 +233,14 @@ pub(super) use room_for;
 // of `v`.
 
 /// Begin: inserts the transactions of `v` (id, mode, status, timeout_ms, labels,
-/// branch_count) that do not exist yet, returning each one created.
+/// branch_count, traceparent) that do not exist yet, returning each one created.
 macro_rules! insert_tx_from {
     ($v:expr) => {
         concat!(
             "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-                 branch_count, created_at, updated_at) \
+                 branch_count, traceparent, created_at, updated_at) \
              SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, \
-                 v.labels, v.branch_count, {now}, {now} \
+                 v.labels, v.branch_count, v.traceparent, {now}, {now} \
              FROM ",
             $v,
             " AS v WHERE true ON CONFLICT (gid) DO NOTHING RETURNING ",
@@ -302,7 +303,7 @@ macro_rules! decide_from {
             $gid_in,
             " AND ",
             $crate::store::sql::decidable!("v.to_status"),
-            " RETURNING gid, version, branch_count, created_at"
+            " RETURNING gid, version, branch_count, created_at, traceparent"
         )
     };
 }

@@ -23,7 +23,7 @@ use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 statements! {
     begin = insert_tx_from!(
         "(SELECT $1 AS id, $2 AS mode, $3 AS status, $4 AS timeout_ms, $5 AS labels, \
-             $6 AS branch_count)"
+             $6 AS branch_count, $7 AS traceparent)"
     );
     insert_branch = insert_branches_from!(
         "(SELECT $1 AS id, $2 AS branch_id, $3 AS participant, $4 AS action, $5 AS payload)",
@@ -64,6 +64,8 @@ pub(super) struct NewTx {
     pub timeout_ms: i64,
     /// Serialised JSON object.
     pub labels: String,
+    /// The trace context it began in, when tracing.
+    pub traceparent: Option<String>,
     /// (participant, action, payload), numbered 1, 2, … in this order.
     pub branches: Vec<(String, String, Vec<u8>)>,
 }
@@ -119,6 +121,7 @@ impl Store {
             .bind(item.timeout_ms)
             .bind(item.labels.as_str())
             .bind(item.branches.len() as i64)
+            .bind(item.traceparent.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -185,6 +188,7 @@ impl Store {
         };
         let version: i64 = row.try_get("version")?;
         let created_at_ms: i64 = row.try_get("created_at")?;
+        let traceparent: Option<String> = row.try_get("traceparent")?;
         let branches = sqlx::query(super::Sql::for_dialect(self.dialect).branches)
             .bind(item.gid.as_str())
             .fetch_all(&mut *tx)
@@ -200,6 +204,7 @@ impl Store {
                 version,
             },
             created_at_ms,
+            traceparent,
             branches,
         }))
     }

@@ -10,7 +10,7 @@ use settle_participants::{
     points::Points,
     shop::{self, database_url},
 };
-use tracing_subscriber::EnvFilter;
+use settle_telemetry::subscriber;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Service {
@@ -46,6 +46,10 @@ struct Args {
     /// services take this port and the next three, like `--listen`.
     #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9465", value_parser = settle_telemetry::parse_listen)]
     metrics_listen: MaybeAddr,
+    /// Export traces over OTLP/gRPC to this endpoint (`http://collector:4317`); unset: no
+    /// tracing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 /// An address or none; spelled so that clap takes it as one value with a default, not as an
@@ -63,8 +67,11 @@ fn nth(first: SocketAddr, i: usize) -> SocketAddr {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let telemetry = subscriber::install(subscriber::Options {
+        service: "settle-participants",
+        json: false,
+        otlp_endpoint: args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
+    })?;
 
     let wanted: Vec<&str> = match args.service {
         Service::All => shop::SERVICES.to_vec(),
@@ -107,5 +114,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for server in servers {
         server.stop().await?;
     }
+    telemetry.shutdown();
     Ok(())
 }

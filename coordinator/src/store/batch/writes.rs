@@ -35,7 +35,7 @@ use crate::{
 macro_rules! begins {
     () => {
         "{json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
-             branch_count BIGINT}"
+             branch_count BIGINT, traceparent TEXT}"
     };
 }
 
@@ -80,7 +80,7 @@ statements! {
         "WITH d AS (", decide_from!(decisions!(), "{in_ids $1}"), ") \
          SELECT d.gid AS decided_gid, d.version AS decided_version, \
              d.branch_count AS decided_branch_count, d.created_at AS decided_created_at, \
-             b.gid, b.branch_id, \
+             d.traceparent AS decided_traceparent, b.gid, b.branch_id, \
              b.participant, b.action, b.payload, b.status, b.attempts, b.last_error, \
              b.next_attempt_at \
          FROM d LEFT JOIN branch b ON b.gid = d.gid AND b.gid {in_ids $1} \
@@ -139,6 +139,7 @@ impl Batch for Begins {
             timeout_ms: i64,
             labels: &'a str,
             branch_count: usize,
+            traceparent: Option<&'a str>,
         }
         let sql = Sql::for_dialect(self.0.dialect);
         let firsts = first_of_each_gid(items, |item| &item.gid);
@@ -151,6 +152,7 @@ impl Batch for Begins {
                 timeout_ms: item.timeout_ms,
                 labels: &item.labels,
                 branch_count: item.branches.len(),
+                traceparent: item.traceparent.as_deref(),
             })
             .collect();
         let branches: Vec<BranchRow> = firsts
@@ -326,8 +328,8 @@ impl Batch for Decisions {
             })
             .collect();
         let rows = to_json(&rows)?;
-        // gid → (version, branch_count) of each decision taken.
-        let mut decided: HashMap<String, (i64, i64, i64)> = HashMap::new();
+        // gid → (version, branch_count, created_at, traceparent) of each decision taken.
+        let mut decided: HashMap<String, (i64, i64, i64, Option<String>)> = HashMap::new();
         let mut branches: HashMap<String, Vec<Branch>> = HashMap::new();
         if self.0.dialect.writable_cte() {
             let found = sqlx::query(sql.decide_with_branches)
@@ -341,6 +343,7 @@ impl Batch for Decisions {
                         row.try_get("decided_version")?,
                         row.try_get("decided_branch_count")?,
                         row.try_get("decided_created_at")?,
+                        row.try_get("decided_traceparent")?,
                     ),
                 );
                 // A transaction without branches comes as one row of NULLs.
@@ -353,7 +356,7 @@ impl Batch for Decisions {
             // newer than the rows, and a fresh read has them all.
             let short: Vec<Gid<&str>> = decided
                 .iter()
-                .filter(|(gid, (_, count, _))| {
+                .filter(|(gid, (_, count, _, _))| {
                     branches.get(*gid).map_or(0, Vec::len) < usize::try_from(*count).unwrap_or(0)
                 })
                 .map(|(gid, _)| Gid { id: gid.as_str() })
@@ -385,6 +388,7 @@ impl Batch for Decisions {
                         row.try_get("version")?,
                         row.try_get("branch_count")?,
                         row.try_get("created_at")?,
+                        row.try_get("traceparent")?,
                     ),
                 );
             }
@@ -406,13 +410,14 @@ impl Batch for Decisions {
             .map(|item| {
                 decided
                     .remove(&item.gid)
-                    .map(|(version, _, created_at_ms)| Decided {
+                    .map(|(version, _, created_at_ms, traceparent)| Decided {
                         lease: Lease {
                             gid: item.gid.clone(),
                             owner: item.owner.clone(),
                             version,
                         },
                         created_at_ms,
+                        traceparent,
                         branches: branches.remove(&item.gid).unwrap_or_default(),
                     })
             })
