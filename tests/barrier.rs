@@ -15,7 +15,7 @@ use tonic::{Code, transport::Channel};
 const INITIAL: i64 = 1_000;
 
 struct Fixture {
-    _db: TestDb,
+    db: TestDb,
     barrier: Barrier,
     client: ParticipantClient<Channel>,
     serving: settle::server::Serving,
@@ -65,7 +65,7 @@ async fn fixture(backend: Backend, group_commit: bool) -> Fixture {
         .await
         .expect("connect");
     Fixture {
-        _db: db,
+        db,
         barrier,
         client,
         serving,
@@ -402,3 +402,38 @@ async fn known_calls_move_the_participant_metrics_by_exactly_that(
     f.serving.stop().await.expect("stop");
 }
 each_mode!(known_calls_move_the_participant_metrics_by_exactly_that);
+
+async fn a_call_its_caller_gave_up_on_counts_as_a_timeout(backend: Backend, group_commit: bool) {
+    let f = fixture(backend, group_commit).await;
+    // Another writer holds the stock row, so the Try waits past its deadline.
+    let other = settle::db::Database::connect(&f.db.url, 1)
+        .await
+        .expect("connect");
+    let mut blocker = other.begin_write().await.expect("begin");
+    sqlx::query("UPDATE stock SET available = available WHERE item = 'apple'")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock the row");
+    let mut late = tonic::Request::new(request("t-1", 1, 1));
+    late.set_timeout(Duration::from_millis(200));
+    let answer = f.client.clone().r#try(late).await;
+    assert!(answer.is_err(), "{answer:?}");
+
+    let metrics = f.serving.metrics_addr().expect("metrics on");
+    let key = r#"settle_participant_calls_total{op="try",result="timeout"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while value(&scrape(metrics).await, key) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let samples = scrape(metrics).await;
+    assert_eq!(value(&samples, key), 1.0);
+    let answered = r#"settle_participant_calls_total{op="try",result="ok"}"#;
+    assert_eq!(value(&samples, answered), 0.0, "counted once, as a timeout");
+    blocker.rollback().await.expect("release");
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(a_call_its_caller_gave_up_on_counts_as_a_timeout);
