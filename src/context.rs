@@ -6,62 +6,27 @@
 //! current span's ([`traced`]), so one trace runs from the initiator through the
 //! coordinator to each participant.
 
-use std::task::{Context, Poll};
-
-use settle_telemetry::trace;
-use tower::{Layer, Service};
-use tracing::{Instrument, Span, instrument::Instrumented};
+use settle_telemetry::trace::{self, SpanLayer};
+use tracing::Span;
 
 pub use settle_proto::metadata::{BRANCH_ID, GID, OP};
 
-/// Adds a `settle` span with gid, branch id and op to every request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ContextLayer;
-
-impl<S> Layer<S> for ContextLayer {
-    type Service = ContextService<S>;
-
-    fn layer(&self, inner: S) -> ContextService<S> {
-        ContextService { inner }
-    }
+/// Adds a `settle` span with gid, branch id and op to every request, continuing the
+/// caller's trace.
+pub fn layer() -> SpanLayer {
+    SpanLayer::new(call_span)
 }
 
-/// The service [`ContextLayer`] wraps around the participant server.
-#[derive(Debug, Clone)]
-pub struct ContextService<S> {
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for ContextService<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Instrumented<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let header = |key: &str| {
-            request
-                .headers()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let span = tracing::info_span!(
-            "settle",
-            gid = %header(GID),
-            branch_id = %header(BRANCH_ID),
-            op = %header(OP),
-        );
-        trace::continue_from(&span, request.headers());
-        self.inner.call(request).instrument(span)
-    }
+fn call_span(_: &http::Uri, headers: &http::HeaderMap) -> Span {
+    let header = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let span = tracing::info_span!(
+        "settle",
+        gid = %header(GID),
+        branch_id = %header(BRANCH_ID),
+        op = %header(OP),
+    );
+    trace::continue_from(&span, headers);
+    span
 }
 
 /// `message` as a request that carries the current span's trace context, when tracing.

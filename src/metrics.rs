@@ -29,13 +29,6 @@ use tonic::{Code, Status};
 
 use crate::barrier::Op;
 
-const OPS: [Op; 5] = [
-    Op::Try,
-    Op::Confirm,
-    Op::Cancel,
-    Op::Execute,
-    Op::Compensate,
-];
 const RESULTS: [&str; 4] = ["ok", "refused", "error", "timeout"];
 
 /// Why the barrier answered a call without running the participant; the discriminant
@@ -68,8 +61,8 @@ struct ReasonLabels {
 /// The handles one participant server records with.
 #[derive(Debug)]
 pub(crate) struct Meters {
-    calls: [[Counter; RESULTS.len()]; OPS.len()],
-    seconds: [Histogram; OPS.len()],
+    calls: [[Counter; RESULTS.len()]; Op::ALL.len()],
+    seconds: [Histogram; Op::ALL.len()],
     skipped: [Counter; SKIPPED.len()],
     group_size: Histogram,
 }
@@ -106,7 +99,7 @@ impl Meters {
             );
         }
         Meters {
-            calls: OPS.map(|op| {
+            calls: Op::ALL.map(|op| {
                 RESULTS.map(|result| {
                     calls
                         .get_or_create(&CallLabels {
@@ -116,7 +109,7 @@ impl Meters {
                         .clone()
                 })
             }),
-            seconds: OPS.map(|op| seconds.get_or_create(&OpLabels { op: op.as_str() }).clone()),
+            seconds: Op::ALL.map(|op| seconds.get_or_create(&OpLabels { op: op.as_str() }).clone()),
             skipped: SKIPPED.map(|reason| skipped.get_or_create(&ReasonLabels { reason }).clone()),
             group_size,
         }
@@ -127,7 +120,7 @@ impl Meters {
     pub(crate) fn call(&self, op: Op) -> Timing<'_> {
         Timing {
             meters: self,
-            op: index(op),
+            op: op.index(),
             started: Instant::now(),
             answered: false,
         }
@@ -174,16 +167,5 @@ impl Drop for Timing<'_> {
         if !self.answered {
             self.record(3);
         }
-    }
-}
-
-/// Where `op` is in [`OPS`].
-fn index(op: Op) -> usize {
-    match op {
-        Op::Try => 0,
-        Op::Confirm => 1,
-        Op::Cancel => 2,
-        Op::Execute => 3,
-        Op::Compensate => 4,
     }
 }

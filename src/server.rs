@@ -25,8 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     barrier::{self, Admission, Barrier, Entry, Op},
-    context::ContextLayer,
-    db,
+    context, db,
     metrics::{Meters, Skipped},
     participant::{self, Branch, Participant},
 };
@@ -222,7 +221,7 @@ impl<P: Participant> Serve<P> {
         let metrics_addr = exporter.as_ref().map(|(addr, _)| *addr);
         let run = async move {
             let served = tonic::transport::Server::builder()
-                .layer(ContextLayer)
+                .layer(context::layer())
                 .add_service(ParticipantServer::new(service))
                 .serve_with_incoming_shutdown(incoming(listener), shutdown)
                 .await;

@@ -240,7 +240,7 @@ impl Coordinator {
 
         let served = tonic::transport::Server::builder()
             .layer(grpc::MetricsLayer::new(self.metrics.clone()))
-            .layer(grpc::TraceLayer)
+            .layer(grpc::trace_layer())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(CoordinatorServer::new(grpc::CoordinatorService::new(

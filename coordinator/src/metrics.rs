@@ -113,13 +113,6 @@ struct HandlingLabels {
 
 const MODES: [Mode; 2] = [Mode::Tcc, Mode::Saga];
 const OUTCOMES: [&str; 2] = ["committed", "aborted"];
-const OPS: [Op; 5] = [
-    Op::Try,
-    Op::Confirm,
-    Op::Cancel,
-    Op::Execute,
-    Op::Compensate,
-];
 /// The statuses `settle_transactions_unfinished` reports, each always (0 when none).
 const UNFINISHED: [Status; 5] = [
     Status::Trying,
@@ -217,7 +210,7 @@ pub struct ParticipantMeters {
 impl ParticipantMeters {
     /// Records one call of `op` that ended as `result` after `took`.
     pub fn call(&self, op: Op, result: CallResult, took: Duration) {
-        let op = op_index(op);
+        let op = op.index();
         self.calls[op][result as usize].inc();
         self.seconds[op].observe(took.as_secs_f64());
     }
@@ -225,16 +218,6 @@ impl ParticipantMeters {
     /// Records that a failed phase-two call will be retried.
     pub fn retry(&self) {
         self.retries.inc();
-    }
-}
-
-fn op_index(op: Op) -> usize {
-    match op {
-        Op::Try => 0,
-        Op::Confirm => 1,
-        Op::Cancel => 2,
-        Op::Execute => 3,
-        Op::Compensate => 4,
     }
 }
 
@@ -507,7 +490,7 @@ impl Metrics {
     /// that each call records without a lookup.
     pub fn participant(&self, name: &str) -> Arc<ParticipantMeters> {
         let inner = &self.inner;
-        let calls = OPS.map(|op| {
+        let calls = Op::ALL.map(|op| {
             CallResult::ALL.map(|result| {
                 inner.calls.get_or_create_owned(&CallLabels {
                     participant: name.to_owned(),
@@ -516,7 +499,7 @@ impl Metrics {
                 })
             })
         });
-        let seconds = OPS.map(|op| {
+        let seconds = Op::ALL.map(|op| {
             inner.call_seconds.get_or_create_owned(&CallOpLabels {
                 participant: name.to_owned(),
                 op: op.as_str(),

@@ -42,6 +42,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op, in declaration order: [`Op::index`] is the position here, so per-op tables
+    /// (such as metric handles) are arrays indexed by it.
+    pub const ALL: [Op; 5] = [
+        Op::Try,
+        Op::Confirm,
+        Op::Cancel,
+        Op::Execute,
+        Op::Compensate,
+    ];
+
+    /// Where this op is in [`Op::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `settle-op` metadata value (also how participants' barriers store it).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,3 +97,15 @@ impl Op {
 /// The encoded file descriptor set of every `settle.v1` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/settle_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    #[test]
+    fn every_op_is_at_its_index() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i, "{op:?}");
+        }
+    }
+}

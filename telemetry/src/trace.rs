@@ -2,7 +2,8 @@
 //! needs to continue a trace it was called in, to hand it on to the processes it calls,
 //! and to keep it as a `traceparent` string, which is how the coordinator stores it with a
 //! transaction so that phase two run later, by another instance or after a restart, still
-//! joins the trace that began it.
+//! joins the trace that began it; and [`SpanLayer`], which runs each request a server
+//! answers in a span of its own.
 //!
 //! Tracing is off until a process installs a tracer ([`layer`]); until then every function
 //! here returns at once without touching the span, so a process that does not trace pays
@@ -12,6 +13,7 @@
 use std::{
     collections::HashMap,
     sync::atomic::{AtomicBool, Ordering},
+    task::Poll,
 };
 
 use opentelemetry::{
@@ -20,7 +22,7 @@ use opentelemetry::{
     trace::{TraceContextExt, TracerProvider as _},
 };
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing::Span;
+use tracing::{Instrument, Span, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The W3C header that carries the trace context.
@@ -94,6 +96,57 @@ pub fn traceparent(span: &Span) -> Option<String> {
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
     carrier.remove(TRACEPARENT)
+}
+
+/// A tower layer that runs every request in the span `make` builds from its path and
+/// headers: the coordinator's server spans and the SDK participant's `settle` span are
+/// this with different spans.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanLayer {
+    make: fn(&http::Uri, &http::HeaderMap) -> Span,
+}
+
+impl SpanLayer {
+    /// A layer whose spans `make` builds.
+    pub fn new(make: fn(&http::Uri, &http::HeaderMap) -> Span) -> SpanLayer {
+        SpanLayer { make }
+    }
+}
+
+impl<S> tower::Layer<S> for SpanLayer {
+    type Service = Spanned<S>;
+
+    fn layer(&self, inner: S) -> Spanned<S> {
+        Spanned {
+            inner,
+            make: self.make,
+        }
+    }
+}
+
+/// A service whose requests each run in a span of their own (see [`SpanLayer`]).
+#[derive(Debug, Clone)]
+pub struct Spanned<S> {
+    inner: S,
+    make: fn(&http::Uri, &http::HeaderMap) -> Span,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Spanned<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let span = (self.make)(request.uri(), request.headers());
+        self.inner.call(request).instrument(span)
+    }
 }
 
 struct Headers<'a>(&'a http::HeaderMap);

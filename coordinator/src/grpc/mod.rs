@@ -12,7 +12,7 @@ mod trace;
 pub use admin::{AdminAuth, AdminService};
 pub use coordinator::CoordinatorService;
 pub use metrics::MetricsLayer;
-pub use trace::TraceLayer;
+pub use trace::layer as trace_layer;
 
 use tonic::Status;
 
