@@ -47,6 +47,28 @@ fn spans_of(trace_id: TraceId) -> Vec<SpanData> {
         .collect()
 }
 
+/// The finished spans of `trace_id` once `done` holds for them: a server span ends when
+/// its handler's future is dropped, which may be just after the caller has the answer.
+async fn spans_when(
+    trace_id: TraceId,
+    what: &str,
+    done: impl Fn(&[SpanData]) -> bool,
+) -> Vec<SpanData> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = spans_of(trace_id);
+        if done(&spans) {
+            return spans;
+        }
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
@@ -116,14 +138,21 @@ async fn a_confirm_after_a_restart_joins_the_trace_the_transaction_began_in(back
     .await;
     drop(root);
 
-    let spans = spans_of(trace_id);
+    let spans = spans_when(
+        trace_id,
+        "the coordinator to continue the initiator's trace",
+        |spans| {
+            [
+                "initiator",
+                "settle.v1.Coordinator/Begin",
+                "settle.v1.Coordinator/Commit",
+            ]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+        },
+    )
+    .await;
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
-    assert!(names.contains(&"initiator"), "{names:?}");
-    assert!(
-        names.contains(&"settle.v1.Coordinator/Begin")
-            && names.contains(&"settle.v1.Coordinator/Commit"),
-        "the coordinator continued the initiator's trace: {names:?}"
-    );
     assert_eq!(participant_calls(&spans, "try"), 1, "{names:?}");
     assert_eq!(participant_calls(&spans, "confirm"), 0, "{names:?}");
 
@@ -134,14 +163,16 @@ async fn a_confirm_after_a_restart_joins_the_trace_the_transaction_began_in(back
     let mut c = client(&second.url()).await;
     wait_for_status(&mut c, &gid, pb::Status::Committed).await;
 
-    let spans = spans_of(trace_id);
+    let spans = spans_when(trace_id, "the recovered Confirm's spans", |spans| {
+        spans.iter().any(|s| s.name == "recover") && participant_calls(spans, "confirm") > 0
+    })
+    .await;
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(
         participant_calls(&spans, "confirm"),
         1,
         "the recovered Confirm joined the trace: {names:?}"
     );
-    assert!(names.contains(&"recover"), "{names:?}");
     serving.stop().await.expect("stop participant");
     second.stop().await.expect("stop coordinator");
 }

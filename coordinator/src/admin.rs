@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use settle_telemetry::trace;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
@@ -249,14 +250,16 @@ impl Admin {
             }));
         };
         info!(%gid, actor, note, "admin: retry");
+        // Like recovery's rounds: in the transaction's trace, not this request's span.
+        let span = info_span!(parent: None, "retry", %gid);
+        trace::continue_stored(&span, tx.traceparent.as_deref());
         let engine = self.engine.clone();
         let round = async move {
             if let Err(error) = engine.resume(tx).await {
                 warn!(%error, "retry round failed; recovery will try again");
             }
         };
-        self.run_for(wait, round.instrument(info_span!("retry", %gid)))
-            .await;
+        self.run_for(wait, round.instrument(span)).await;
         self.outcome(gid, true).await
     }
 
@@ -307,7 +310,10 @@ impl Admin {
             };
         };
         info!(%gid, actor, note, "admin: abort decided");
-        let created_at_ms = self.existing(gid).await?.created_at;
+        let tx = self.existing(gid).await?;
+        let created_at_ms = tx.created_at;
+        let span = info_span!(parent: None, "phase_two", %gid);
+        trace::continue_stored(&span, tx.traceparent.as_deref());
         let engine = self.engine.clone();
         let round = async move {
             let work = Work {
@@ -321,8 +327,7 @@ impl Admin {
                 warn!(%error, "cancel round failed; recovery will try again");
             }
         };
-        self.run_for(wait, round.instrument(info_span!("phase_two", %gid)))
-            .await;
+        self.run_for(wait, round.instrument(span)).await;
         self.outcome(gid, true).await
     }
 

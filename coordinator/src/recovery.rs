@@ -196,8 +196,6 @@ impl RecoveryLoop {
 /// phase two after a crash or a retry joins that trace.
 fn span(tx: &crate::model::GlobalTx) -> Span {
     let span = info_span!("recover", gid = %tx.gid);
-    if let Some(traceparent) = &tx.traceparent {
-        trace::continue_stored(&span, traceparent);
-    }
+    trace::continue_stored(&span, tx.traceparent.as_deref());
     span
 }

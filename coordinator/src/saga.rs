@@ -140,7 +140,10 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     };
     // The first run goes in its own task so that it completes even if the caller goes away.
     let driver = ctx.clone();
-    let span = info_span!("saga", %gid);
+    // In the trace of the submission, but not a child of its request span, which would
+    // stay open until the saga ends.
+    let span = info_span!(parent: None, "saga", %gid);
+    trace::continue_stored(&span, tx.traceparent.as_deref());
     let begun = tx.created_at;
     let run = tokio::spawn(
         async move { run_logged(&driver, lease, false, begun).await }.instrument(span),

@@ -321,11 +321,11 @@ impl Tcc {
     /// it completes even if the caller goes away, and waits for it up to `wait`.
     async fn drive_decided(&self, decided: Decided, status: Status, wait: Duration) -> Status {
         let tcc = self.clone();
-        let span = info_span!("phase_two", gid = %decided.lease.gid);
-        // Phase two belongs to the trace the transaction began in, whoever committed it.
-        if let Some(traceparent) = &decided.traceparent {
-            trace::continue_stored(&span, traceparent);
-        }
+        // Phase two belongs to the trace the transaction began in, whoever committed it; and
+        // it is not a child of this request's span, which would then stay open, and the
+        // request look as long, until the round ends.
+        let span = info_span!(parent: None, "phase_two", gid = %decided.lease.gid);
+        trace::continue_stored(&span, decided.traceparent.as_deref());
         let work = Work {
             lease: decided.lease,
             status,

@@ -58,12 +58,12 @@ pub fn continue_from(span: &Span, headers: &http::HeaderMap) {
     }
 }
 
-/// Makes `span` a child of a stored `traceparent` (see [`traceparent`]). Call it before the
-/// span is first entered.
-pub fn continue_stored(span: &Span, traceparent: &str) {
-    if !on() {
+/// Makes `span` a child of a stored `traceparent` (see [`traceparent`]), if there is one.
+/// Call it before the span is first entered.
+pub fn continue_stored(span: &Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent.filter(|_| on()) else {
         return;
-    }
+    };
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
     let parent = TraceContextPropagator::new().extract(&carrier);
     if parent.span().span_context().is_valid() {
