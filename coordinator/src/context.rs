@@ -1,6 +1,7 @@
 //! What TCC and saga mode share: the store, the participants and how to call them, the
-//! settings, the metrics, and the name this instance takes leases under. `crate::tcc` and `crate::saga`
-//! are peers on top of a [`Context`]; neither knows the other.
+//! settings, admission control, the metrics, and the name this instance takes leases
+//! under. `crate::tcc` and `crate::saga` are peers on top of a [`Context`]; neither knows
+//! the other.
 //!
 //! The context holds no rules of its own beyond the few both modes apply the same way
 //! (a lease's length, never reusing a retired gid).
@@ -8,11 +9,13 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
+    admission::{Admission, Overloaded, Ticket},
     error::{Error, Result},
     metrics::Metrics,
+    model::{Mode, Status},
     participants::Participants,
     retry::RetryPolicy,
-    store::Store,
+    store::{self, Store},
     validate::Limits,
 };
 
@@ -29,6 +32,8 @@ pub struct Settings {
     /// that a healthy owner never loses a transaction in the middle of a round (whose calls
     /// run concurrently); it is also how long a crashed owner's work waits to be resumed.
     pub lease: Duration,
+    /// Most calls in flight to one participant at once; `None` is no limit.
+    pub participant_concurrency: Option<usize>,
 }
 
 /// The shared state of both modes. Cheap to clone.
@@ -42,19 +47,33 @@ struct Inner {
     store: Store,
     participants: Participants,
     settings: Settings,
+    admission: Admission,
     metrics: Metrics,
     instance: String,
 }
 
 impl Context {
-    /// A context on `store`, identified as `instance` in leases, recording into `metrics`.
-    pub fn new(store: Store, settings: Settings, metrics: Metrics, instance: String) -> Context {
-        let participants = Participants::new(store.clone(), settings.call_timeout, metrics.clone());
+    /// A context on `store`, identified as `instance` in leases, admitting starts with
+    /// `admission`, recording into `metrics`.
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        admission: Admission,
+        metrics: Metrics,
+        instance: String,
+    ) -> Context {
+        let participants = Participants::new(
+            store.clone(),
+            settings.call_timeout,
+            settings.participant_concurrency,
+            metrics.clone(),
+        );
         Context {
             inner: Arc::new(Inner {
                 store,
                 participants,
                 settings,
+                admission,
                 metrics,
                 instance,
             }),
@@ -79,6 +98,39 @@ impl Context {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Admission control.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// Admits a new transaction, or refuses it for load (counted in the metrics).
+    pub fn admit(&self) -> Result<Ticket> {
+        self.inner.admission.admit().map_err(|overloaded| {
+            self.inner.metrics.refused(overloaded.limit);
+            Error::Overloaded(overloaded)
+        })
+    }
+
+    /// What a store error means for a start: a full queue of starts is load, refused like
+    /// the limits are; anything else is the store's failure.
+    pub fn start_failed(&self, error: store::Error) -> Error {
+        match error {
+            store::Error::Busy(_) => {
+                let overloaded = Overloaded::queue(error.to_string());
+                self.inner.metrics.refused(overloaded.limit);
+                Error::Overloaded(overloaded)
+            }
+            other => Error::Store(other),
+        }
+    }
+
+    /// A transaction of `mode` that began at `created_at_ms` reached its final `status`
+    /// here: counted, and its admission place given back.
+    pub fn finished(&self, mode: Mode, status: Status, created_at_ms: i64) {
+        self.inner.metrics.finished(mode, status, created_at_ms);
+        self.inner.admission.release();
     }
 
     /// This instance's lease owner id.

@@ -9,9 +9,8 @@
 use tracing::info;
 
 use crate::{
-    context::{Context, Settings},
+    context::Context,
     error::{Error, Result},
-    metrics::Metrics,
     model::{Branch, GlobalTx, Mode},
     saga::{self, Submission, Submitted},
     store::Store,
@@ -27,9 +26,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine on `store`, identified as `instance` in leases, recording into `metrics`.
-    pub fn new(store: Store, settings: Settings, metrics: Metrics, instance: String) -> Engine {
-        let ctx = Context::new(store, settings, metrics, instance);
+    /// An engine on `ctx`.
+    pub fn new(ctx: Context) -> Engine {
         Engine {
             tcc: Tcc::new(ctx.clone()),
             ctx,

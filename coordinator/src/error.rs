@@ -2,7 +2,7 @@
 //! one `Error` that TCC, sagas and the admin answer with. `crate::grpc` maps each variant
 //! to its status code.
 
-use crate::{store, validate::Invalid};
+use crate::{admission::Overloaded, store, validate::Invalid};
 
 /// Why a request was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,9 @@ pub enum Error {
     /// The transaction's state does not allow the request.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A start refused for load (`crate::admission`); retry after the time it gives.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     /// The store failed; the request may be repeated.
     #[error(transparent)]
     Store(#[from] store::Error),

@@ -9,6 +9,7 @@
 //! - [`tcc`]: TCC mode — validation, decisions, rounds of phase two;
 //! - [`saga`]: saga mode — forward steps in order, compensation in reverse;
 //! - [`admin`]: what operators may do to transactions, audited;
+//! - [`admission`]: whether a new transaction may start now (limits on load);
 //! - [`recovery`]: the loop that claims due work (deadlines, retries, expired leases);
 //! - [`participants`]: every call to a participant, and the directory of their endpoints;
 //! - [`metrics`]: what the coordinator exports to Prometheus;
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod context;
 pub mod engine;
 pub mod error;
@@ -45,7 +47,8 @@ use tracing::{info, warn};
 
 use crate::{
     admin::Admin,
-    context::Settings,
+    admission::{Admission, AdmissionConfig},
+    context::{Context, Settings},
     engine::Engine,
     metrics::Metrics,
     recovery::{RecoveryConfig, RecoveryLoop},
@@ -82,6 +85,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How often the gauges of unfinished work are read from the database.
     pub gauges_every: Duration,
+    /// Limits on new transactions.
+    pub admission: AdmissionConfig,
+    /// Most calls in flight to one participant at once; `None` is no limit.
+    pub participant_concurrency: Option<usize>,
 }
 
 impl Default for Config {
@@ -98,6 +105,8 @@ impl Default for Config {
             admin_token: None,
             metrics_listen: None,
             gauges_every: Duration::from_secs(5),
+            admission: AdmissionConfig::default(),
+            participant_concurrency: Some(64),
         }
     }
 }
@@ -142,6 +151,12 @@ impl Coordinator {
         if let Some(token) = &config.admin_token {
             check_admin_token(token)?;
         }
+        if config.participant_concurrency == Some(0) {
+            return Err(Error::Config(
+                "--participant-concurrency must be at least 1".to_owned(),
+            ));
+        }
+        let admission = Admission::new(config.admission).map_err(Error::Config)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -156,17 +171,19 @@ impl Coordinator {
             },
         )
         .await?;
-        let engine = Engine::new(
+        let engine = Engine::new(Context::new(
             store,
             Settings {
                 limits: config.limits,
                 retry: config.retry,
                 call_timeout: config.call_timeout,
                 lease: config.lease,
+                participant_concurrency: config.participant_concurrency,
             },
+            admission,
             metrics.clone(),
             instance_id(),
-        );
+        ));
         for (name, endpoint) in &config.participants {
             engine
                 .register_participant(name, endpoint)
@@ -222,6 +239,7 @@ impl Coordinator {
         let gauges = tokio::spawn(metrics::watch_store(
             self.metrics.clone(),
             self.engine.store().clone(),
+            self.engine.context().admission().clone(),
             self.gauges_every,
             stopped.clone(),
         ));

@@ -30,6 +30,7 @@ use tonic::Code;
 use tracing::warn;
 
 use crate::{
+    admission::{Admission, Limit},
     model::{Mode, Status},
     participants::Op,
     store::{Store, Unfinished},
@@ -50,6 +51,9 @@ struct Inner {
     calls: Family<CallLabels, Counter>,
     call_seconds: Family<CallOpLabels, Histogram>,
     retries: Family<ParticipantLabels, Counter>,
+    calls_in_flight: Family<ParticipantLabels, Gauge>,
+    refused: [Counter; LIMITS.len()],
+    in_flight: Gauge,
     unfinished: [Gauge; UNFINISHED.len()],
     needs_attention: Gauge,
     oldest_unfinished: Gauge<f64, AtomicU64>,
@@ -89,6 +93,11 @@ struct ParticipantLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -112,6 +121,7 @@ struct HandlingLabels {
 }
 
 const MODES: [Mode; 2] = [Mode::Tcc, Mode::Saga];
+const LIMITS: [Limit; 3] = [Limit::InFlight, Limit::Rate, Limit::Queue];
 const OUTCOMES: [&str; 2] = ["committed", "aborted"];
 /// The statuses `settle_transactions_unfinished` reports, each always (0 when none).
 const UNFINISHED: [Status; 5] = [
@@ -205,9 +215,16 @@ pub struct ParticipantMeters {
     calls: [[Counter; 4]; 5],
     seconds: [Histogram; 5],
     retries: Counter,
+    in_flight: Gauge,
 }
 
 impl ParticipantMeters {
+    /// A call is about to be sent; the guard counts it in flight until dropped.
+    pub fn sending(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
     /// Records one call of `op` that ended as `result` after `took`.
     pub fn call(&self, op: Op, result: CallResult, took: Duration) {
         let op = op.index();
@@ -218,6 +235,16 @@ impl ParticipantMeters {
     /// Records that a failed phase-two call will be retried.
     pub fn retry(&self) {
         self.retries.inc();
+    }
+}
+
+/// A call counted in `settle_branch_calls_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -325,6 +352,24 @@ impl Metrics {
             "Failed phase-two or saga calls scheduled for a retry",
             retries.clone(),
         );
+        let calls_in_flight = Family::<ParticipantLabels, Gauge>::default();
+        registry.register(
+            "settle_branch_calls_in_flight",
+            "Calls to a participant sent and not yet answered",
+            calls_in_flight.clone(),
+        );
+        let refused = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "settle_admission_refused",
+            "New transactions refused for load (RESOURCE_EXHAUSTED), by the limit that refused them",
+            refused.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "settle_transactions_in_flight",
+            "Transactions this instance admitted and has not seen finish (as --max-in-flight counts them)",
+            in_flight.clone(),
+        );
         let unfinished = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "settle_transactions_unfinished",
@@ -392,6 +437,11 @@ impl Metrics {
                 })
             })
         });
+        let refused = LIMITS.map(|limit| {
+            refused.get_or_create_owned(&LimitLabels {
+                limit: limit.as_str(),
+            })
+        });
         let unfinished = UNFINISHED.map(|status| {
             unfinished.get_or_create_owned(&StatusLabels {
                 status: status.as_str(),
@@ -438,6 +488,9 @@ impl Metrics {
                 calls,
                 call_seconds,
                 retries,
+                calls_in_flight,
+                refused,
+                in_flight,
                 unfinished,
                 needs_attention,
                 oldest_unfinished,
@@ -505,14 +558,27 @@ impl Metrics {
                 op: op.as_str(),
             })
         });
-        let retries = inner.retries.get_or_create_owned(&ParticipantLabels {
+        let labels = ParticipantLabels {
             participant: name.to_owned(),
-        });
+        };
         Arc::new(ParticipantMeters {
             calls,
             seconds,
-            retries,
+            retries: inner.retries.get_or_create_owned(&labels),
+            in_flight: inner.calls_in_flight.get_or_create_owned(&labels),
         })
+    }
+
+    /// A new transaction was refused by `limit`.
+    pub fn refused(&self, limit: Limit) {
+        self.inner.refused[limit as usize].inc();
+    }
+
+    /// The in-flight count admission control holds now.
+    pub fn in_flight(&self, count: u64) {
+        self.inner
+            .in_flight
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// What the database said about unfinished work.
@@ -591,11 +657,13 @@ pub enum Rpc {
     Other(String),
 }
 
-/// Reads the unfinished transactions from `store` every `every` into the gauges, until
-/// `stop` turns true. One query per period, whatever the scrape rate.
+/// Reads the unfinished transactions from `store` every `every` into the gauges, and
+/// lowers `admission`'s in-flight count to their number, until `stop` turns true. One
+/// query per period, whatever the scrape rate.
 pub async fn watch_store(
     metrics: Metrics,
     store: Store,
+    admission: Admission,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -606,8 +674,14 @@ pub async fn watch_store(
             _ = tick.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
+        let mark = admission.mark();
         match store.unfinished().await {
-            Ok(rows) => metrics.unfinished(&rows),
+            Ok(rows) => {
+                metrics.unfinished(&rows);
+                let unfinished = rows.iter().map(|r| r.count.max(0) as u64).sum();
+                admission.observe_unfinished(mark, unfinished);
+                metrics.in_flight(admission.in_flight());
+            }
             Err(error) => warn!(%error, "reading unfinished transactions for the metrics failed"),
         }
     }

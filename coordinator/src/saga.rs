@@ -105,6 +105,8 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
 
     let lease_ms = ctx.lease_ms();
     let labels = labels.into_iter().collect();
+    // A repeated Submit of an existing gid gives its place back below.
+    let ticket = ctx.admit()?;
     let (tx, created) = ctx
         .store()
         .submit_saga(
@@ -118,7 +120,11 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
             ctx.instance(),
             lease_ms,
         )
-        .await?;
+        .await
+        .map_err(|error| ctx.start_failed(error))?;
+    if created {
+        ticket.keep();
+    }
     if tx.mode != Mode::Saga {
         return Err(Error::FailedPrecondition(format!(
             "gid {gid} belongs to a TCC transaction, not a saga"
@@ -278,7 +284,7 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<D
             }
             Recorded::Finished(status) => {
                 info!(gid = %lease.gid, %status, "saga finished");
-                ctx.metrics().finished(Mode::Saga, status, begun);
+                ctx.finished(Mode::Saga, status, begun);
                 return Ok(Driven::Finished(status));
             }
             Recorded::Rescheduled {

@@ -86,13 +86,10 @@ impl Tcc {
         labels: &HashMap<String, String>,
         branches: &[NewBranch<'_>],
     ) -> Result<Begun> {
-        let gid = if gid.is_empty() {
-            id::new_gid()
-        } else {
+        let chosen = !gid.is_empty();
+        if chosen {
             validate::gid(gid)?;
-            self.ctx.refuse_retired(gid).await?;
-            gid.to_owned()
-        };
+        }
         validate::timeout(timeout_ms)?;
         validate::labels(labels)?;
         let max = self.ctx.settings().limits.max_branches;
@@ -102,6 +99,16 @@ impl Tcc {
                 branches.len()
             ))));
         }
+        // Admitted after the checks that need nothing but the request, before any that
+        // reads the database, so that a refusal under load costs no query. A repeated Begin
+        // of an existing gid gives its place back below.
+        let ticket = self.ctx.admit()?;
+        let gid = if chosen {
+            self.ctx.refuse_retired(gid).await?;
+            gid.to_owned()
+        } else {
+            id::new_gid()
+        };
         let mut endpoints = Vec::with_capacity(branches.len());
         for branch in branches {
             endpoints.push(
@@ -125,7 +132,11 @@ impl Tcc {
                 },
                 branches,
             )
-            .await?;
+            .await
+            .map_err(|error| self.ctx.start_failed(error))?;
+        if created {
+            ticket.keep();
+        }
         if tx.mode != Mode::Tcc {
             return Err(Error::FailedPrecondition(format!(
                 "gid {gid} belongs to a saga, not a TCC transaction"
@@ -406,9 +417,7 @@ impl Tcc {
         match &result {
             RoundResult::Finished(status) => {
                 info!(gid = %work.lease.gid, %status, "finished");
-                self.ctx
-                    .metrics()
-                    .finished(Mode::Tcc, *status, work.created_at_ms);
+                self.ctx.finished(Mode::Tcc, *status, work.created_at_ms);
             }
             RoundResult::Rescheduled {
                 attempts,

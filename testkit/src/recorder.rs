@@ -2,7 +2,8 @@
 //! 127.0.0.1:0 that logs every call in arrival order and answers as the test configured —
 //! OK, a refusal or a transient failure, per operation or per (operation, branch). It can
 //! also hold the calls of an operation on some branches until all of them are in flight at
-//! once, which only happens when the coordinator sends them concurrently.
+//! once, which only happens when the coordinator sends them concurrently; or hang calls
+//! until released, counting how many are open at once (a hung participant).
 //!
 //! One recorder may be registered under several names, so that a single log holds the order
 //! of calls across participants. A participant with business data is an SDK participant,
@@ -52,6 +53,8 @@ pub enum Answer {
     Fail,
     /// A permanent failure (INTERNAL).
     Break,
+    /// No answer until [`Recorder::release`], then OK (unless the caller gave up first).
+    Hang,
 }
 
 /// A handle on a running recording participant; clones share its log and answers.
@@ -70,6 +73,29 @@ struct State {
     rendezvous: Mutex<HashMap<&'static str, HashSet<u32>>>,
     arrived: watch::Sender<HashMap<&'static str, usize>>,
     missed: Mutex<Vec<(&'static str, u32)>>,
+    /// Calls being handled now, and the most there have been at once.
+    open: watch::Sender<(usize, usize)>,
+    released: watch::Sender<bool>,
+}
+
+/// A call being handled, counted in [`State::open`] until dropped (answered, or given up
+/// by its caller).
+struct Open<'a>(&'a watch::Sender<(usize, usize)>);
+
+impl<'a> Open<'a> {
+    fn new(open: &'a watch::Sender<(usize, usize)>) -> Open<'a> {
+        open.send_modify(|(now, most)| {
+            *now += 1;
+            *most = (*most).max(*now);
+        });
+        Open(open)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|(now, _)| *now -= 1);
+    }
 }
 
 impl Recorder {
@@ -83,6 +109,8 @@ impl Recorder {
             rendezvous: Mutex::default(),
             arrived: watch::channel(HashMap::new()).0,
             missed: Mutex::default(),
+            open: watch::channel((0, 0)).0,
+            released: watch::channel(false).0,
         });
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -123,6 +151,25 @@ impl Recorder {
             .lock()
             .expect("rendezvous")
             .insert(op, branch_ids.iter().copied().collect());
+    }
+
+    /// Answers every call held by [`Answer::Hang`], and every later one, at once.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+
+    /// The most calls that were being handled at the same time so far.
+    pub fn most_open(&self) -> usize {
+        self.state.open.borrow().1
+    }
+
+    /// Waits until exactly `n` calls are being handled, failing the test after 20 s.
+    pub async fn wait_open(&self, n: usize) {
+        let mut rx = self.state.open.subscribe();
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|(now, _)| *now == n))
+            .await
+            .unwrap_or_else(|_| panic!("never {n} calls open; {:?}", *self.state.open.borrow()))
+            .expect("recorder alive");
     }
 
     /// (op, branch id) of every call that missed its rendezvous.
@@ -196,6 +243,7 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let req = request.into_inner();
+        let _open = Open::new(&state.open);
         state.calls.send_modify(|calls| {
             calls.push(Call {
                 op,
@@ -239,8 +287,15 @@ impl Server {
                 .or_else(|| answers.get(&(op, None)))
                 .copied()
         };
+        if answer == Some(Answer::Hang) {
+            let _ = state
+                .released
+                .subscribe()
+                .wait_for(|released| *released)
+                .await;
+        }
         match answer {
-            None | Some(Answer::Ok) => Ok(Response::new(pb::BranchResponse {})),
+            None | Some(Answer::Ok | Answer::Hang) => Ok(Response::new(pb::BranchResponse {})),
             Some(Answer::Refuse) => Err(Status::aborted("refused")),
             Some(Answer::Fail) => Err(Status::unavailable("temporarily failing")),
             Some(Answer::Break) => Err(Status::internal("broken for good")),

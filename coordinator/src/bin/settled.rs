@@ -4,8 +4,8 @@ use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use settle_coordinator::{
-    Config, Coordinator, Limits, check_admin_exposure, recovery::RecoveryConfig,
-    retry::RetryPolicy, store::redact,
+    Config, Coordinator, Limits, admission::AdmissionConfig, check_admin_exposure,
+    recovery::RecoveryConfig, retry::RetryPolicy, store::redact,
 };
 use settle_telemetry::subscriber;
 use tokio::net::TcpListener;
@@ -67,6 +67,21 @@ struct Args {
     /// Pause between recovery passes, in milliseconds.
     #[arg(long, env = "SETTLE_RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     recovery_interval_ms: u64,
+    /// Most transactions begun on this instance and not yet final; a Begin or SubmitSaga
+    /// over it is answered RESOURCE_EXHAUSTED with RetryInfo (0: no limit).
+    #[arg(long, env = "SETTLE_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    max_in_flight: u64,
+    /// Begins and SubmitSagas per second, on average, as a token bucket (fractions allowed;
+    /// 0: no limit). Over it: RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "SETTLE_BEGIN_RATE", default_value_t = 0.0)]
+    begin_rate: f64,
+    /// Begins allowed at once above --begin-rate after a quiet spell (the bucket's size).
+    #[arg(long, env = "SETTLE_BEGIN_BURST", default_value_t = 100)]
+    begin_burst: u32,
+    /// Most Confirm/Cancel/Execute/Compensate calls in flight to one participant; the rest
+    /// wait, within the call timeout (0: no limit).
+    #[arg(long, env = "SETTLE_PARTICIPANT_CONCURRENCY", default_value_t = 64)]
+    participant_concurrency: usize,
     /// Bearer token required on every Admin call (settlectl --token). Required when
     /// listening on a non-loopback address; empty means none.
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
@@ -162,6 +177,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         admin_token,
         metrics_listen: args.metrics_listen,
+        admission: AdmissionConfig {
+            max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
+            begin_rate: (args.begin_rate != 0.0).then_some(args.begin_rate),
+            begin_burst: args.begin_burst,
+        },
+        participant_concurrency: (args.participant_concurrency > 0)
+            .then_some(args.participant_concurrency),
         ..Config::default()
     };
     let coordinator = Coordinator::open(config).await?;

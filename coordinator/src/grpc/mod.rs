@@ -14,7 +14,8 @@ pub use coordinator::CoordinatorService;
 pub use metrics::MetricsLayer;
 pub use trace::layer as trace_layer;
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
 
@@ -24,6 +25,11 @@ impl From<Error> for Status {
             Error::Invalid(e) => Status::invalid_argument(e.0),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            Error::Overloaded(e) => Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(e.retry_after)),
+            ),
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failed");
                 Status::unavailable(format!("coordinator store unavailable: {e}"))

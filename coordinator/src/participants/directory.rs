@@ -16,6 +16,7 @@ use std::{
 };
 
 use settle_proto::v1::participant_client::ParticipantClient;
+use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
@@ -35,6 +36,8 @@ pub struct Resolved {
     pub client: ParticipantClient<Channel>,
     /// Its metric handles.
     pub meters: Arc<ParticipantMeters>,
+    /// Its places for calls in flight (`--participant-concurrency`), if limited.
+    pub slots: Option<Arc<Semaphore>>,
 }
 
 #[derive(Debug)]
@@ -48,16 +51,24 @@ struct Entry {
 pub struct Directory {
     store: Store,
     connect_timeout: Duration,
+    concurrency: Option<usize>,
     metrics: Metrics,
     entries: RwLock<HashMap<String, Entry>>,
 }
 
 impl Directory {
-    /// An empty directory backed by `store`, whose participants record into `metrics`.
-    pub fn new(store: Store, connect_timeout: Duration, metrics: Metrics) -> Directory {
+    /// An empty directory backed by `store`, whose participants each take at most
+    /// `concurrency` calls at once and record into `metrics`.
+    pub fn new(
+        store: Store,
+        connect_timeout: Duration,
+        concurrency: Option<usize>,
+        metrics: Metrics,
+    ) -> Directory {
         Directory {
             store,
             connect_timeout,
+            concurrency,
             metrics,
             entries: RwLock::new(HashMap::new()),
         }
@@ -93,15 +104,20 @@ impl Directory {
             entry.checked_at = Instant::now();
             return entry.resolved.clone();
         }
-        // A new endpoint keeps the name's metric handles.
-        let meters = match entries.get(name) {
-            Some(entry) => entry.resolved.meters.clone(),
-            None => self.metrics.participant(name),
+        // A new endpoint keeps the name's metric handles and its limit: the calls still in
+        // flight to the old endpoint count against the new one's.
+        let (meters, slots) = match entries.get(name) {
+            Some(entry) => (entry.resolved.meters.clone(), entry.resolved.slots.clone()),
+            None => (
+                self.metrics.participant(name),
+                self.concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            ),
         };
         let resolved = Resolved {
             endpoint: endpoint.to_owned(),
             client: ParticipantClient::new(self.channel(endpoint)),
             meters,
+            slots,
         };
         entries.insert(
             name.to_owned(),

@@ -1,8 +1,10 @@
 //! Every call the coordinator makes to a participant: Confirm and Cancel for TCC, Execute
 //! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the
 //! branch's participant in the [`directory`], builds the request with the protocol's
-//! metadata (gid, branch id and op, from `settle_proto::metadata`), bounds it by the call
-//! timeout, and classifies the answer as [`Answer::Ok`], [`Answer::Refused`],
+//! metadata (gid, branch id and op, from `settle_proto::metadata`), waits for one of the
+//! participant's places (`--participant-concurrency`, so a slow or hung participant holds
+//! at most that many calls, connections' streams and buffers), bounds the wait and the call
+//! together by the call timeout, and classifies the answer as [`Answer::Ok`], [`Answer::Refused`],
 //! [`Answer::Broken`] or [`Answer::Failed`].
 //!
 //! This is the one place a participant call is made, so whatever every call needs (TLS,
@@ -53,10 +55,16 @@ pub struct Participants {
 
 impl Participants {
     /// Participants known to `store`, each call bounded by `call_timeout` (which also
-    /// bounds connecting), each call recorded in `metrics`.
-    pub fn new(store: Store, call_timeout: Duration, metrics: Metrics) -> Participants {
+    /// bounds connecting and waiting for a place), at most `concurrency` calls in flight
+    /// to each, each call recorded in `metrics`.
+    pub fn new(
+        store: Store,
+        call_timeout: Duration,
+        concurrency: Option<usize>,
+        metrics: Metrics,
+    ) -> Participants {
         Participants {
-            directory: Directory::new(store, call_timeout, metrics),
+            directory: Directory::new(store, call_timeout, concurrency, metrics),
             call_timeout,
         }
     }
@@ -76,8 +84,13 @@ impl Participants {
     /// one is also a retry (`settle_phase_two_retries_total`), since none is given up.
     pub async fn call(&self, op: Op, branch: &Branch, payload: Bytes) -> Answer {
         let op_name = op.as_str();
-        let (client, meters) = match self.directory.resolve(&branch.participant).await {
-            Ok(Some(Resolved { client, meters, .. })) => (client, meters),
+        let (client, meters, slots) = match self.directory.resolve(&branch.participant).await {
+            Ok(Some(Resolved {
+                client,
+                meters,
+                slots,
+                ..
+            })) => (client, meters, slots),
             Ok(None) => {
                 return Answer::Failed(format!(
                     "{op_name} failed: participant {:?} is not registered",
@@ -116,6 +129,13 @@ impl Participants {
         };
         let mut client = client;
         let answer = async {
+            // Waiting for a place counts against the call's timeout: a call stuck behind a
+            // hung participant's calls fails like them, and is retried like them.
+            let _slot = match &slots {
+                Some(slots) => Some(slots.acquire().await),
+                None => None,
+            };
+            let _in_flight = meters.sending();
             match op {
                 Op::Try => client.r#try(request).await,
                 Op::Confirm => client.confirm(request).await,

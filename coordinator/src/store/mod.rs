@@ -59,6 +59,10 @@ pub enum Error {
     /// The store was shut down while the request waited for its batch.
     #[error("the store is shut down")]
     Closed,
+    /// The queue of Begins waiting for group commit is full: the database is not keeping
+    /// up. Nothing was written; the Begin may be repeated later.
+    #[error("{0} Begins are already waiting for the database")]
+    Busy(usize),
     /// The batch this request was written with failed without the database saying why
     /// (a lost connection, a timeout); it may or may not have been committed.
     #[error("a batch of {size} writes failed: {error}")]

@@ -16,6 +16,12 @@
 //! failure (a lost connection, a timeout) may have come after the commit, so it is
 //! answered to every request of the batch rather than risk writing them twice.
 //!
+//! Every queue is bounded ([`QUEUE`]). A Begin that finds its queue full is refused at
+//! once ([`Error::Busy`]): it starts a transaction, and refusing starts is how the
+//! coordinator sheds load. Every other write belongs to a transaction already admitted,
+//! whose number admission control bounds, so it waits for room instead: admitted work is
+//! never refused for load.
+//!
 //! This module knows nothing about SQL; what each batch writes is in [`writes`], under the
 //! same rules (`store/sql.rs`) as the single-request writes of `store/tcc.rs`. Batches run
 //! in the group's task, not a caller's, so a caller that goes away (a cancelled gRPC call)
@@ -43,6 +49,10 @@ use writes::{Begins, Decisions, Registrations, Rounds};
 
 /// The most requests one batch carries.
 const MAX_BATCH: usize = 128;
+
+/// The most requests one queue holds: eight batches' worth, far more than arrive while one
+/// batch commits at any rate the database sustains.
+pub(super) const QUEUE: usize = 8 * MAX_BATCH;
 
 /// The four kinds of TCC write that are committed in groups, each with its own queue.
 #[derive(Debug, Clone)]
@@ -77,8 +87,9 @@ impl Batches {
     }
 
     /// [`Store::begin_one`](super::Store::begin_one), sharing a commit.
+    /// Refused with [`Error::Busy`] when [`QUEUE`] Begins are already waiting.
     pub(super) async fn begin(&self, item: NewTx) -> Result<Option<GlobalTx>> {
-        self.begins.submit(item).await
+        self.begins.offer(item).await
     }
 
     /// [`Store::register_one`](super::Store::register_one), sharing a commit. All of one
@@ -117,7 +128,7 @@ type Entry<B> = (
 
 /// A queue of writes of one kind and the task that carries them out in batches.
 pub(super) struct Group<B: Batch> {
-    queue: mpsc::UnboundedSender<Entry<B>>,
+    queue: mpsc::Sender<Entry<B>>,
 }
 
 impl<B: Batch> Clone for Group<B> {
@@ -140,7 +151,7 @@ impl<B: Batch> Group<B> {
     /// Starts the group's task on the current runtime, each batch recorded in `meter`. It
     /// ends when the last clone of the group is dropped.
     pub(super) fn start(batch: B, meter: BatchMeter) -> Group<B> {
-        let (queue, mut incoming) = mpsc::unbounded_channel::<Entry<B>>();
+        let (queue, mut incoming) = mpsc::channel::<Entry<B>>(QUEUE);
         tokio::spawn(async move {
             while let Some(first) = incoming.recv().await {
                 let mut entries = vec![first];
@@ -158,10 +169,27 @@ impl<B: Batch> Group<B> {
         Group { queue }
     }
 
-    /// Queues `item` and waits for its batch to be committed.
+    /// Queues `item`, waiting for room if the queue is full, and waits for its batch to be
+    /// committed.
     pub(super) async fn submit(&self, item: B::Item) -> Result<B::Output> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send((item, reply)).map_err(|_| Error::Closed)?;
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Queues `item` if there is room, else refuses it with [`Error::Busy`]; then waits for
+    /// its batch to be committed.
+    pub(super) async fn offer(&self, item: B::Item) -> Result<B::Output> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send((item, reply))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => Error::Busy(QUEUE),
+                mpsc::error::TrySendError::Closed(_) => Error::Closed,
+            })?;
         answer.await.map_err(|_| Error::Closed)?
     }
 }
