@@ -6,11 +6,17 @@
 //! [`Error::Refused`]; the usual answer to any error is `abort`, one call. A `Transaction`
 //! dropped before `commit` or `abort` is aborted in the background.
 //!
+//! A Begin (or a saga's Submit) that the coordinator refuses for load (`RESOURCE_EXHAUSTED`)
+//! is retried after the delay its `RetryInfo` gives, with jitter, a bounded number of times
+//! ([`Client::with_start_tries`]); then it fails with [`Error::Overloaded`]. Nothing else is
+//! retried here: only a start can be refused for load.
+//!
 //! Channels (to the coordinator and to each participant endpoint) are created once and
 //! shared by every clone of a `Client`.
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,7 +31,8 @@ use tonic::{
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
-use tracing::warn;
+use tonic_types::StatusExt;
+use tracing::{debug, warn};
 
 use crate::{barrier::Op, context};
 
@@ -43,6 +50,15 @@ pub enum Error {
     /// The coordinator answered with an error status.
     #[error("coordinator: {0}")]
     Coordinator(tonic::Status),
+    /// The coordinator refused to start the transaction for load, every one of `tries`
+    /// times; nothing was started. Worth trying again later, or telling the user to.
+    #[error("coordinator overloaded ({tries} tries): {}", status.message())]
+    Overloaded {
+        /// The last refusal (`RESOURCE_EXHAUSTED`, usually with a `RetryInfo`).
+        status: tonic::Status,
+        /// How many times it was tried.
+        tries: u32,
+    },
     /// A participant's Try failed for a reason other than a refusal.
     #[error("{participant}: {status}")]
     Participant {
@@ -71,7 +87,9 @@ impl Error {
     /// The gRPC code behind the error, if there is one.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Coordinator(status) | Error::Participant { status, .. } => Some(status.code()),
+            Error::Coordinator(status)
+            | Error::Participant { status, .. }
+            | Error::Overloaded { status, .. } => Some(status.code()),
             Error::Refused { .. } => Some(Code::Aborted),
             _ => None,
         }
@@ -137,7 +155,13 @@ pub struct Client {
     participants: Arc<Mutex<HashMap<String, ParticipantClient<Channel>>>>,
     try_timeout: Duration,
     commit_wait: Duration,
+    start_tries: u32,
 }
+
+/// The wait before retrying a start refused without a `RetryInfo`.
+const OVERLOAD_DELAY: Duration = Duration::from_millis(50);
+/// The longest wait between two tries, whatever `RetryInfo` says.
+const OVERLOAD_MAX_DELAY: Duration = Duration::from_secs(5);
 
 impl Client {
     /// Connects to the coordinator at `url` (`http://HOST:PORT`).
@@ -153,7 +177,45 @@ impl Client {
             participants: Arc::new(Mutex::new(HashMap::new())),
             try_timeout: Duration::from_secs(10),
             commit_wait: Duration::from_secs(10),
+            start_tries: 5,
         })
+    }
+
+    /// How many times a Begin or Submit refused for load is tried in all before it fails
+    /// with [`Error::Overloaded`] (default 5; 1 never retries).
+    pub fn with_start_tries(mut self, tries: u32) -> Client {
+        self.start_tries = tries.max(1);
+        self
+    }
+
+    /// Makes a start (`call`, which sends one request), retrying it while the coordinator
+    /// refuses it for load: after the delay of its `RetryInfo` (capped at 5 s) plus up to
+    /// half as much again at random, so refused callers do not come back in step.
+    pub(crate) async fn start<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let status = match call().await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == Code::ResourceExhausted => status,
+                Err(status) => return Err(Error::Coordinator(status)),
+            };
+            if tries >= self.start_tries {
+                return Err(Error::Overloaded { status, tries });
+            }
+            let asked = status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay)
+                .unwrap_or(OVERLOAD_DELAY)
+                .min(OVERLOAD_MAX_DELAY);
+            let delay = asked.mul_f64(rand::random_range(1.0..1.5));
+            debug!(?delay, tries, "coordinator overloaded; retrying the start");
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Timeout of each Try call (default 10 s).
@@ -185,27 +247,28 @@ impl Client {
 
     /// Begins a transaction with a chosen gid, labels, or branches registered at once.
     pub async fn begin_with(&self, options: BeginOptions) -> Result<Transaction, Error> {
+        let request = pb::BeginRequest {
+            gid: options.gid,
+            mode: pb::Mode::Tcc as i32,
+            timeout_ms: options.timeout.as_millis() as u64,
+            labels: options.labels,
+            branches: options
+                .branches
+                .iter()
+                .map(|b| pb::BranchSpec {
+                    participant: b.participant.clone(),
+                    action: b.action.clone(),
+                    payload: b.payload.clone(),
+                })
+                .collect(),
+        };
         let begun = self
-            .coordinator
-            .clone()
-            .begin(context::traced(pb::BeginRequest {
-                gid: options.gid,
-                mode: pb::Mode::Tcc as i32,
-                timeout_ms: options.timeout.as_millis() as u64,
-                labels: options.labels,
-                branches: options
-                    .branches
-                    .iter()
-                    .map(|b| pb::BranchSpec {
-                        participant: b.participant.clone(),
-                        action: b.action.clone(),
-                        payload: b.payload.clone(),
-                    })
-                    .collect(),
-            }))
-            .await
-            .map_err(Error::Coordinator)?
-            .into_inner();
+            .start(|| {
+                let mut coordinator = self.coordinator.clone();
+                let request = context::traced(request.clone());
+                async move { coordinator.begin(request).await }
+            })
+            .await?;
         let untried = options
             .branches
             .into_iter()

@@ -66,14 +66,36 @@ pub enum Error {
     /// steps, NOT_FOUND for an unknown participant, …).
     #[error("coordinator: {0}")]
     Coordinator(tonic::Status),
+    /// The coordinator refused to start the saga for load, every one of `tries` times
+    /// (see [`Client::with_start_tries`]); nothing was started.
+    #[error("coordinator overloaded ({tries} tries): {}", status.message())]
+    Overloaded {
+        /// The last refusal.
+        status: tonic::Status,
+        /// How many times it was tried.
+        tries: u32,
+    },
 }
 
 impl Error {
     /// The gRPC code behind the error, if there is one.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Coordinator(status) => Some(status.code()),
+            Error::Coordinator(status) | Error::Overloaded { status, .. } => Some(status.code()),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::client::Error> for Error {
+    /// A start's failure ([`Client::with_start_tries`]) as a saga error.
+    fn from(error: crate::client::Error) -> Error {
+        match error {
+            crate::client::Error::Overloaded { status, tries } => {
+                Error::Overloaded { status, tries }
+            }
+            crate::client::Error::Coordinator(status) => Error::Coordinator(status),
+            other => Error::Coordinator(tonic::Status::unknown(other.to_string())),
         }
     }
 }
@@ -284,19 +306,21 @@ impl Saga {
                 group,
             });
         }
+        let request = pb::SubmitSagaRequest {
+            gid: self.gid,
+            steps,
+            timeout_ms: self.timeout.as_millis() as u64,
+            labels: self.labels,
+            wait_ms: self.wait.as_millis() as u64,
+        };
         let submitted = self
             .client
-            .coordinator()
-            .submit_saga(crate::context::traced(pb::SubmitSagaRequest {
-                gid: self.gid,
-                steps,
-                timeout_ms: self.timeout.as_millis() as u64,
-                labels: self.labels,
-                wait_ms: self.wait.as_millis() as u64,
-            }))
-            .await
-            .map_err(Error::Coordinator)?
-            .into_inner();
+            .start(|| {
+                let mut coordinator = self.client.coordinator();
+                let request = crate::context::traced(request.clone());
+                async move { coordinator.submit_saga(request).await }
+            })
+            .await?;
         Ok(Submitted {
             status: submitted.status(),
             gid: submitted.gid,

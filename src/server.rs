@@ -5,6 +5,12 @@
 //! (ARCHITECTURE.md), adds the context-propagation layer, and registers the service's name
 //! and endpoint with the coordinator at start-up and again periodically, so a coordinator
 //! that lost its participant table (a fresh database, a new instance) learns it again.
+//!
+//! Under load it sheds Trys, never phase two: with [`Serve::max_concurrent`], a Try that
+//! finds every place taken (or the group-commit queue full) is refused at once, so its
+//! initiator aborts instead of waiting ("degrade, don't collapse"), while a Confirm, Cancel,
+//! Execute or Compensate waits for a place; the coordinator bounds how many of those it
+//! sends at once. The group-commit queue is bounded in any case.
 
 use std::{future::Future, net::SocketAddr, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
@@ -17,7 +23,7 @@ use settle_proto::v1::{
 use sqlx::AnyConnection;
 use tokio::{
     net::TcpListener,
-    sync::{mpsc, oneshot, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tonic::{Request, Response, Status};
@@ -54,8 +60,12 @@ pub struct Serve<P> {
     advertise: Option<String>,
     reregister_every: Duration,
     group_commit: Option<usize>,
+    max_concurrent: Option<usize>,
     metrics_listen: Option<SocketAddr>,
 }
+
+/// How many calls the group-commit queue holds, in groups of the largest size.
+const QUEUED_GROUPS: usize = 8;
 
 /// Serves `participant` under `name`, with `barrier` in its own database.
 ///
@@ -81,6 +91,7 @@ pub fn serve<P: Participant>(
         advertise: None,
         reregister_every: Duration::from_secs(30),
         group_commit: None,
+        max_concurrent: None,
         metrics_listen: None,
     }
 }
@@ -120,6 +131,16 @@ impl<P: Participant> Serve<P> {
     /// of the calls before it in its group, as if they had come first.
     pub fn group_commit(mut self, max_batch: usize) -> Self {
         self.group_commit = Some(max_batch.max(1));
+        self
+    }
+
+    /// Runs at most `n` calls at once (default: no limit). A Try over the limit is refused
+    /// at once (`ABORTED`, a business refusal: its initiator aborts), so a surge costs the
+    /// buyers it cannot serve a fast "no" instead of everyone a slow one. A Confirm, Cancel,
+    /// Execute or Compensate over the limit waits for a place: they are never shed, and
+    /// they go before Trys that arrive after them.
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = Some(n.max(1));
         self
     }
 
@@ -202,7 +223,7 @@ impl<P: Participant> Serve<P> {
         };
         let participant = Arc::new(self.participant);
         let calls = self.group_commit.map(|max_batch| {
-            let (calls, queue) = mpsc::unbounded_channel();
+            let (calls, queue) = mpsc::channel(QUEUED_GROUPS * max_batch);
             tokio::spawn(commit_in_groups(
                 participant.clone(),
                 self.barrier.clone(),
@@ -216,6 +237,9 @@ impl<P: Participant> Serve<P> {
             participant,
             barrier: self.barrier,
             calls,
+            slots: self
+                .max_concurrent
+                .map(|n| (Arc::new(Semaphore::new(n)), n)),
             meters,
         };
         let metrics_addr = exporter.as_ref().map(|(addr, _)| *addr);
@@ -335,7 +359,9 @@ struct ParticipantService<P> {
     participant: Arc<P>,
     barrier: Barrier,
     /// The queue of the group-commit task, when enabled.
-    calls: Option<mpsc::UnboundedSender<Call>>,
+    calls: Option<mpsc::Sender<Call>>,
+    /// The places for calls ([`Serve::max_concurrent`]) and their number, when limited.
+    slots: Option<(Arc<Semaphore>, usize)>,
     /// Where calls are counted, when metrics are on.
     meters: Option<Arc<Meters>>,
 }
@@ -374,12 +400,42 @@ impl<P: Participant> ParticipantService<P> {
                 .screen_try(&branch)
                 .map_err(participant_status)?;
         }
+        let _slot = match &self.slots {
+            None => None,
+            Some((slots, n)) if op == Op::Try => Some(
+                slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| shed(format!("all {n} places for calls are taken")))?,
+            ),
+            Some((slots, _)) => Some(
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("the participant is shutting down"))?,
+            ),
+        };
         match &self.calls {
             Some(calls) => {
                 let (answer, answered) = oneshot::channel();
-                calls
-                    .send(Call { op, branch, answer })
-                    .map_err(|_| Status::unavailable("the participant is shutting down"))?;
+                let call = Call { op, branch, answer };
+                let queued = if op == Op::Try {
+                    calls.try_send(call).map_err(|error| match error {
+                        mpsc::error::TrySendError::Full(_) => {
+                            shed("the group-commit queue is full".to_owned())
+                        }
+                        mpsc::error::TrySendError::Closed(_) => {
+                            Status::unavailable("the participant is shutting down")
+                        }
+                    })
+                } else {
+                    calls
+                        .send(call)
+                        .await
+                        .map_err(|_| Status::unavailable("the participant is shutting down"))
+                };
+                queued?;
                 answered.await.map_err(|_| {
                     Status::unavailable("the participant stopped before answering this call")
                 })??;
@@ -391,6 +447,11 @@ impl<P: Participant> ParticipantService<P> {
         }
         Ok(())
     }
+}
+
+/// The refusal of a Try shed for load: `ABORTED`, so that its initiator aborts at once.
+fn shed(why: String) -> Status {
+    Status::aborted(format!("overloaded, try again later: {why}"))
 }
 
 /// One call in a transaction of its own.
@@ -428,7 +489,7 @@ async fn commit_in_groups<P: Participant>(
     participant: Arc<P>,
     barrier: Barrier,
     meters: Option<Arc<Meters>>,
-    mut queue: mpsc::UnboundedReceiver<Call>,
+    mut queue: mpsc::Receiver<Call>,
     max_batch: usize,
 ) {
     while let Some(first) = queue.recv().await {

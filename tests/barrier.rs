@@ -2,7 +2,8 @@
 //! SQLite and PostgreSQL, each with a transaction per call and with group commit
 //! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
 //! Trys (alone and among others committed together), the Try/Cancel race, retention, and
-//! the participant's metrics, scraped after known calls.
+//! the participant's metrics, scraped after known calls; and shedding under
+//! `Serve::max_concurrent`.
 
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ macro_rules! each_mode {
 }
 
 async fn fixture(backend: Backend, group_commit: bool) -> Fixture {
+    fixture_with(backend, group_commit, None).await
+}
+
+/// A fixture whose participant runs at most `max_concurrent` calls at once, if given.
+async fn fixture_with(
+    backend: Backend,
+    group_commit: bool,
+    max_concurrent: Option<usize>,
+) -> Fixture {
     let db = TestDb::new(backend).await;
     let barrier = stock::open(&db.url, &[("apple", INITIAL)])
         .await
@@ -56,6 +66,9 @@ async fn fixture(backend: Backend, group_commit: bool) -> Fixture {
         .metrics_listen("127.0.0.1:0".parse().expect("addr"));
     if group_commit {
         serve = serve.group_commit(16);
+    }
+    if let Some(n) = max_concurrent {
+        serve = serve.max_concurrent(n);
     }
     let serving = serve
         .bind("127.0.0.1:0".parse().expect("addr"))
@@ -437,3 +450,60 @@ async fn a_call_its_caller_gave_up_on_counts_as_a_timeout(backend: Backend, grou
     f.serving.stop().await.expect("stop");
 }
 each_mode!(a_call_its_caller_gave_up_on_counts_as_a_timeout);
+
+async fn a_try_over_the_limit_is_refused_and_a_cancel_waits_for_a_place(
+    backend: Backend,
+    group_commit: bool,
+) {
+    let f = fixture_with(backend, group_commit, Some(1)).await;
+    // Another writer holds the stock row: the Try that gets the only place waits on it.
+    let other = settle::db::Database::connect(&f.db.url, 1)
+        .await
+        .expect("connect");
+    let mut blocker = other.begin_write().await.expect("begin");
+    sqlx::query("UPDATE stock SET available = available WHERE item = 'apple'")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock the row");
+
+    let (mut a, mut b) = (f.client.clone(), f.client.clone());
+    let mut first = tokio::spawn(async move { a.r#try(request("t-a", 1, 1)).await });
+    let mut second = tokio::spawn(async move { b.r#try(request("t-b", 1, 1)).await });
+    // Whichever came second finds the place taken and is refused at once; the other waits.
+    let (shed, held, shed_gid) = tokio::select! {
+        shed = &mut first => (shed, second, "t-a"),
+        shed = &mut second => (shed, first, "t-b"),
+    };
+    let shed = shed.expect("task").expect_err("shed");
+    assert_eq!(
+        shed.code(),
+        Code::Aborted,
+        "a shed Try is a refusal: {shed:?}"
+    );
+    assert!(shed.message().contains("overloaded"), "{}", shed.message());
+
+    // Its initiator aborts: the Cancel is not shed, it waits for the place (here, past its
+    // deadline, since the place is held until the row is released).
+    let mut cancel = tonic::Request::new(request(shed_gid, 1, 1));
+    cancel.set_timeout(Duration::from_millis(300));
+    let waited = f.client.clone().cancel(cancel).await.expect_err("no place");
+    assert!(
+        matches!(waited.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "it waited past its deadline, it was not shed: {waited:?}"
+    );
+
+    blocker.rollback().await.expect("release the row");
+    held.await.expect("task").expect("the held Try succeeds");
+    f.client
+        .clone()
+        .cancel(request(shed_gid, 1, 1))
+        .await
+        .expect("the Cancel gets its place");
+    assert_eq!(
+        f.stock().await,
+        (INITIAL - 1, 1, 0),
+        "only the held Try reserved"
+    );
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(a_try_over_the_limit_is_refused_and_a_cancel_waits_for_a_place);

@@ -341,3 +341,57 @@ async fn a_confirm_that_breaks_a_constraint_is_internal_and_flagged_at_once(back
     coordinator.stop().await.expect("stop");
 }
 both!(a_confirm_that_breaks_a_constraint_is_internal_and_flagged_at_once);
+
+async fn a_start_refused_for_load_is_retried_then_fails_as_overloaded(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db.url);
+    config.admission.max_in_flight = Some(1);
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let coordinator = start_coordinator(config).await;
+    let metrics = coordinator.metrics_addr().expect("metrics");
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+    let holder = client
+        .begin(Duration::from_secs(30))
+        .await
+        .expect("the only place");
+
+    let error = client
+        .clone()
+        .with_start_tries(3)
+        .begin(Duration::from_secs(30))
+        .await
+        .expect_err("no place all along");
+    match &error {
+        settle::client::Error::Overloaded { status, tries } => {
+            assert_eq!(*tries, 3);
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        }
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    let refusals = r#"settle_admission_refused_total{limit="in_flight"}"#;
+    assert_eq!(
+        settle_testkit::value(&settle_testkit::scrape(metrics).await, refusals),
+        3.0,
+        "tried three times"
+    );
+
+    // A start that keeps trying gets in once the place is given back.
+    let patient = client.clone().with_start_tries(100);
+    let waiting = tokio::spawn(async move { patient.begin(Duration::from_secs(30)).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while settle_testkit::value(&settle_testkit::scrape(metrics).await, refusals) < 4.0 {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        holder.abort("make room").await.expect("abort"),
+        Status::Aborted
+    );
+    let admitted = waiting
+        .await
+        .expect("task")
+        .expect("admitted after retrying");
+    assert_eq!(admitted.commit().await.expect("commit"), Status::Committed);
+    coordinator.stop().await.expect("stop");
+}
+both!(a_start_refused_for_load_is_retried_then_fails_as_overloaded);

@@ -4,6 +4,10 @@
 //! a separate process — the coordinator's CPU time and peak resident memory, as a table and
 //! as one JSON line (the last line of stdout).
 //!
+//! With `--rate R` the load is an open loop instead: R transactions start per second,
+//! whatever the answers, and the report adds the offered rate, refusals for load and their
+//! latency, and whether every admitted transaction ended.
+//!
 //! Two workloads:
 //! - `--mode noop` measures the coordinator alone: `--branches` in-process participants
 //!   (`p0`, `p1`, …, tonic servers that answer every call OK at once, no database),
@@ -89,9 +93,20 @@ struct Args {
     /// concurrently (noop).
     #[arg(long)]
     serial: bool,
-    /// Workers, each running one global transaction at a time.
+    /// Workers, each running one global transaction at a time (closed loop; ignored with
+    /// --rate).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Open loop: start this many global transactions per second whatever the answers,
+    /// each in its own task, and report the offered rate, goodput, refusals by code and
+    /// their latency, and whether every admitted transaction ended. Starts refused for
+    /// load are not retried.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// A flag handed to the external `settled` as is (repeatable), such as
+    /// `--settled-arg=--max-in-flight=256`.
+    #[arg(long = "settled-arg", allow_hyphen_values = true)]
+    settled_args: Vec<String>,
     /// Client connections (HTTP/2 channels) to the coordinator; workers share them round-robin.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -186,6 +201,15 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
     if args.concurrency == 0 || args.connections == 0 || args.branches == 0 {
         return Err("--concurrency, --connections and --branches must be at least 1".into());
     }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        return Err("--rate must be a positive number of transactions per second".into());
+    }
+    if !args.settled_args.is_empty() && !args.external {
+        return Err("--settled-arg needs --external".into());
+    }
     let dir = tempfile::tempdir()?;
     let store = match (&args.store, &args.postgres_admin) {
         (Some(url), _) => url.clone(),
@@ -204,8 +228,14 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
 
     let (coordinator, url) = CoordinatorHandle::start(args, &store).await?;
     let mut clients = Vec::with_capacity(args.connections);
+    // An open loop measures refusals: a refused start is not tried again.
+    let start_tries = if args.rate.is_some() { 1 } else { 5 };
     for _ in 0..args.connections {
-        clients.push(Client::connect(url.clone()).await?);
+        clients.push(
+            Client::connect(url.clone())
+                .await?
+                .with_start_tries(start_tries),
+        );
     }
 
     // `servers` and `shop` keep the participants running until the end.
@@ -215,7 +245,11 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         shop,
     } = workload::prepare(args, &clients[0], &url, dir.path(), prefix, fresh).await?;
 
-    let report = measure::measure(args, &clients, Arc::new(workload), &coordinator).await;
+    let workload = Arc::new(workload);
+    let report = match args.rate {
+        Some(rate) => measure::open_loop(args, &clients, &url, workload, &coordinator, rate).await,
+        None => measure::measure(args, &clients, workload, &coordinator).await,
+    };
     let violations = match (&shop, &report) {
         (Some(shop), Ok(_)) => Some(shop_invariants(shop, args.buyers).await),
         _ => None,

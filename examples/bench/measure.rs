@@ -1,8 +1,12 @@
-//! The measured window and the statistics taken in it: `--concurrency` workers share the
-//! client connections and run transactions back to back; those that finish during the
-//! warm-up (or outside the window) are only counted, the rest give latencies from Begin to
-//! the final status, errors by kind, throughput, nearest-rank percentiles and the CPU time
-//! spent in the window.
+//! The measured window and the statistics taken in it. Closed loop (the default):
+//! `--concurrency` workers share the client connections and run transactions back to back;
+//! those that finish during the warm-up (or outside the window) are only counted, the rest
+//! give latencies from Begin to the final status, errors by kind, throughput, nearest-rank
+//! percentiles and the CPU time spent in the window. Open loop (`--rate R`): a transaction
+//! starts every 1/R s whatever happened to the others, as buyers arrive in a sale; those
+//! that start in the window are measured, however long they take to end, so that an
+//! overloaded coordinator shows as refusals and latency rather than as a slower arrival
+//! rate (which is what a closed loop would turn it into).
 //!
 //! It does not know what a transaction does ([`crate::workload`]) or how the numbers are
 //! printed ([`crate::report`]).
@@ -10,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -164,7 +168,176 @@ pub async fn measure(
         peak_rss_mb: None,
         rss_mb: None,
         invariants: None,
+        open_loop: None,
     })
+}
+
+/// What an open-loop run adds to a report.
+pub struct OpenLoop {
+    /// Transactions started per second in the window.
+    pub offered: f64,
+    /// Refused for load (`RESOURCE_EXHAUSTED`), per second of the window.
+    pub refused_per_s: f64,
+    /// How long a refusal took to arrive: p99 and max, in ms.
+    pub refusal_p99_ms: f64,
+    pub refusal_max_ms: f64,
+    /// Transactions still unfinished, and flagged for an operator, once the run's last
+    /// transactions are done (read with Admin Stats); `None` when it could not be read.
+    pub unfinished_after: Option<u64>,
+    pub needs_attention_after: Option<u64>,
+}
+
+/// The error kind of a start refused for load (see `workload::error_kind`).
+pub const REFUSED_FOR_LOAD: &str = "coordinator ResourceExhausted";
+
+/// One open-loop transaction's outcome: how long it took, how it ended.
+type Outcome = (Duration, std::result::Result<(), String>);
+
+/// Open loop: starts a transaction every `1 / rate` s from the start of the warm-up to the
+/// end of the window, each in a task of its own, then waits (at most the transaction
+/// timeout and a minute) for the last ones.
+pub async fn open_loop(
+    args: &Args,
+    clients: &[Client],
+    url: &str,
+    workload: Arc<Workload>,
+    coordinator: &CoordinatorHandle,
+    rate: f64,
+) -> Result<Report> {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup.max(0.0));
+    let end = measure_from + Duration::from_secs_f64(args.duration.max(0.001));
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    // Late ticks are made up at once: the offered rate stays R even when this process
+    // falls behind for a moment.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut running = tokio::task::JoinSet::new();
+    let mut cpu_from = None;
+    let mut n = 0usize;
+    loop {
+        let at = tick.tick().await.into_std();
+        if at >= end {
+            break;
+        }
+        if cpu_from.is_none() && at >= measure_from {
+            cpu_from = Some((
+                coordinator.cpu_seconds(),
+                proc_cpu_seconds("/proc/self/stat"),
+            ));
+        }
+        let client = clients[n % clients.len()].clone();
+        n += 1;
+        let (workload, outcomes) = (workload.clone(), outcomes.clone());
+        running.spawn(async move {
+            let started = Instant::now();
+            let result = workload.run_one(&client).await;
+            let took = started.elapsed();
+            if started >= measure_from {
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((took, result));
+            }
+        });
+        // Finished tasks are reaped as we go, so the set holds only those running.
+        while running.try_join_next().is_some() {}
+    }
+    let cpu_to = (
+        coordinator.cpu_seconds(),
+        proc_cpu_seconds("/proc/self/stat"),
+    );
+    let patience = Duration::from_millis(args.timeout_ms) + Duration::from_secs(60);
+    let drained = tokio::time::timeout(patience, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "{} transactions still running {patience:?} after the window",
+            running.len()
+        );
+    }
+    let (unfinished_after, needs_attention_after) = match settled_work(url).await {
+        Some((unfinished, flagged)) => (Some(unfinished), Some(flagged)),
+        None => (None, None),
+    };
+
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+    let secs = end.duration_since(measure_from).as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut refusals = Vec::new();
+    let mut errors = BTreeMap::new();
+    for (took, result) in &outcomes {
+        match result {
+            Ok(()) => latencies.push(took.as_micros() as u64),
+            Err(kind) => {
+                if kind == REFUSED_FOR_LOAD {
+                    refusals.push(took.as_micros() as u64);
+                }
+                *errors.entry(kind.clone()).or_default() += 1;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    refusals.sort_unstable();
+    let ok = latencies.len() as u64;
+    let pct = |p: f64| percentile_ms(&latencies, p);
+    let ((cpu_a, own_a), (cpu_b, own_b)) = (cpu_from.unwrap_or(cpu_to), cpu_to);
+    Ok(Report {
+        committed: ok,
+        errors,
+        unmeasured: (n - outcomes.len()) as u64,
+        window: end.duration_since(measure_from),
+        tps: ok as f64 / secs,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        cpu_s: cpu_a.zip(cpu_b).map(|(a, b)| b - a),
+        bench_cpu_s: own_a.zip(own_b).map(|(a, b)| b - a),
+        peak_rss_mb: None,
+        rss_mb: None,
+        invariants: None,
+        open_loop: Some(OpenLoop {
+            offered: outcomes.len() as f64 / secs,
+            refused_per_s: refusals.len() as f64 / secs,
+            refusal_p99_ms: percentile_ms(&refusals, 0.99),
+            refusal_max_ms: percentile_ms(&refusals, 1.0),
+            unfinished_after,
+            needs_attention_after,
+        }),
+    })
+}
+
+/// Unfinished and flagged transactions once none is left moving (Admin Stats, polled for
+/// up to 60 s until nothing is unfinished).
+async fn settled_work(url: &str) -> Option<(u64, u64)> {
+    let mut admin = settle_proto::v1::admin_client::AdminClient::connect(url.to_owned())
+        .await
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = admin
+            .stats(settle_proto::v1::StatsRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let unfinished: u64 = [
+            "TRYING",
+            "COMMITTING",
+            "ABORTING",
+            "RUNNING",
+            "COMPENSATING",
+        ]
+        .iter()
+        .filter_map(|status| stats.by_status.get(*status))
+        .sum();
+        if unfinished == 0 || Instant::now() > deadline {
+            return Some((unfinished, stats.needs_attention));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.

@@ -100,6 +100,7 @@ impl Settled {
         if let Some(n) = args.max_connections {
             command.args(["--max-connections", &n.to_string()]);
         }
+        command.args(&args.settled_args);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::{Args, Mode};
+use crate::{Args, Mode, measure::OpenLoop};
 
 /// The results of a run.
 pub struct Report {
@@ -29,6 +29,8 @@ pub struct Report {
     pub rss_mb: Option<f64>,
     /// Shop mode: the invariants' violations after the run (empty: all hold).
     pub invariants: Option<Vec<String>>,
+    /// `--rate`: the open loop's own figures.
+    pub open_loop: Option<OpenLoop>,
 }
 
 impl Report {
@@ -62,10 +64,16 @@ impl Report {
                 "in this process"
             }
         );
-        println!(
-            "concurrency  {} workers over {} client connection(s)",
-            args.concurrency, args.connections
-        );
+        match &self.open_loop {
+            Some(open) => println!(
+                "load         open loop, {:.1} transactions/s offered over {} client connection(s)",
+                open.offered, args.connections
+            ),
+            None => println!(
+                "concurrency  {} workers over {} client connection(s)",
+                args.concurrency, args.connections
+            ),
+        }
         println!(
             "measured     {secs:.2} s: {} committed, {} errors (after {} s warm-up; {} transactions outside the window)",
             self.committed,
@@ -80,6 +88,18 @@ impl Report {
         );
         for (kind, n) in &self.errors {
             println!("error        {n:>8}  {kind}");
+        }
+        if let Some(open) = &self.open_loop {
+            println!(
+                "refused      {:.1}/s for load, answered in p99 {:.2} ms, max {:.2} ms",
+                open.refused_per_s, open.refusal_p99_ms, open.refusal_max_ms
+            );
+            let count = |n: Option<u64>| n.map_or("unknown".to_owned(), |n| n.to_string());
+            println!(
+                "after        {} unfinished, {} needing attention",
+                count(open.unfinished_after),
+                count(open.needs_attention_after)
+            );
         }
         if let Some(cpu) = self.cpu_s {
             let per_tx = if self.committed > 0 {
@@ -132,6 +152,12 @@ impl Report {
             "peak_rss_mb": opt(self.peak_rss_mb),
             "bench_cpu_s": opt(self.bench_cpu_s),
             "invariants_hold": self.invariants.as_ref().map(Vec::is_empty),
+            "rate": args.rate,
+            "offered": self.open_loop.as_ref().map(|o| round(o.offered)),
+            "refused_per_s": self.open_loop.as_ref().map(|o| round(o.refused_per_s)),
+            "refusal_p99_ms": self.open_loop.as_ref().map(|o| round(o.refusal_p99_ms)),
+            "unfinished_after": self.open_loop.as_ref().and_then(|o| o.unfinished_after),
+            "needs_attention_after": self.open_loop.as_ref().and_then(|o| o.needs_attention_after),
         });
         println!("{json}");
     }

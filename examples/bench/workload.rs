@@ -279,7 +279,9 @@ fn error_kind(error: &settle::client::Error) -> String {
     use settle::client::Error as E;
     match error {
         E::Refused { participant, .. } => format!("refused by {participant}"),
-        E::Coordinator(status) => format!("coordinator {:?}", status.code()),
+        E::Coordinator(status) | E::Overloaded { status, .. } => {
+            format!("coordinator {:?}", status.code())
+        }
         E::Participant { status, .. } => format!("participant {:?}", status.code()),
         E::Connect(_) => "connect".to_owned(),
         E::InvalidUrl(_) => "invalid URL".to_owned(),

@@ -26,23 +26,34 @@ pub fn database_url(template: &str, service: &str) -> String {
     template.replace("{service}", service)
 }
 
-/// Serves one participant, registering it with the coordinator, with its metrics on
-/// `metrics` if given. Calls are committed in groups of up to 64 (see
-/// `settle::server::Serve::group_commit`): under load the services' database commits are
-/// what limits a purchase.
+/// How a shop service is served, beyond its address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Where its `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Most calls it runs at once; Trys over it are refused (`settle::server::Serve::max_concurrent`).
+    pub max_concurrent: Option<usize>,
+}
+
+/// Serves one participant, registering it with the coordinator, as `options` say. Calls
+/// are committed in groups of up to 64 (see `settle::server::Serve::group_commit`): under
+/// load the services' database commits are what limits a purchase.
 pub async fn serve<P: Participant>(
     name: &str,
     participant: P,
     barrier: Barrier,
     coordinator: &str,
     addr: SocketAddr,
-    metrics: Option<SocketAddr>,
+    options: Options,
 ) -> Result<Serving, service::Error> {
     let mut serve = settle::serve(name, participant, barrier)
         .coordinator(coordinator)
         .group_commit(64);
-    if let Some(metrics) = metrics {
+    if let Some(metrics) = options.metrics {
         serve = serve.metrics_listen(metrics);
+    }
+    if let Some(n) = options.max_concurrent {
+        serve = serve.max_concurrent(n);
     }
     Ok(serve.bind(addr).await?)
 }
@@ -81,7 +92,7 @@ impl Shop {
                 inventory.barrier(),
                 coordinator,
                 addr,
-                None,
+                Options::default(),
             )
             .await?,
             serve(
@@ -90,7 +101,7 @@ impl Shop {
                 orders.barrier(),
                 coordinator,
                 addr,
-                None,
+                Options::default(),
             )
             .await?,
             serve(
@@ -99,7 +110,7 @@ impl Shop {
                 payment.barrier(),
                 coordinator,
                 addr,
-                None,
+                Options::default(),
             )
             .await?,
             serve(
@@ -108,7 +119,7 @@ impl Shop {
                 points.barrier(),
                 coordinator,
                 addr,
-                None,
+                Options::default(),
             )
             .await?,
         ];

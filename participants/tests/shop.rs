@@ -75,7 +75,7 @@ impl TestShop {
                     self.inventory.barrier(),
                     &c,
                     addr,
-                    None,
+                    shop::Options::default(),
                 )
                 .await
             }
@@ -86,7 +86,7 @@ impl TestShop {
                     self.orders.barrier(),
                     &c,
                     addr,
-                    None,
+                    shop::Options::default(),
                 )
                 .await
             }
@@ -97,7 +97,7 @@ impl TestShop {
                     self.payment.barrier(),
                     &c,
                     addr,
-                    None,
+                    shop::Options::default(),
                 )
                 .await
             }
@@ -108,7 +108,7 @@ impl TestShop {
                     self.points.barrier(),
                     &c,
                     addr,
-                    None,
+                    shop::Options::default(),
                 )
                 .await
             }

@@ -46,6 +46,10 @@ struct Args {
     /// services take this port and the next three, like `--listen`.
     #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9465", value_parser = settle_telemetry::parse_listen)]
     metrics_listen: MaybeAddr,
+    /// Most calls each service runs at once; a Try over it is refused at once (the buyer's
+    /// purchase aborts), a Confirm or Cancel waits (0: no limit).
+    #[arg(long, env = "SETTLE_MAX_CONCURRENT", default_value_t = 0)]
+    max_concurrent: usize,
     /// Export traces over OTLP/gRPC to this endpoint (`http://collector:4317`); unset: no
     /// tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -83,25 +87,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut servers = Vec::new();
     for (i, name) in wanted.into_iter().enumerate() {
         let addr = nth(args.listen, i);
-        let metrics = args.metrics_listen.map(|first| nth(first, i));
+        let options = shop::Options {
+            metrics: args.metrics_listen.map(|first| nth(first, i)),
+            max_concurrent: (args.max_concurrent > 0).then_some(args.max_concurrent),
+        };
         let url = database_url(&args.database, name);
         let c = &args.coordinator;
         let serving = match name {
             shop::INVENTORY => {
                 let s = Inventory::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
             }
             shop::ORDER => {
                 let s = Orders::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
             }
             shop::PAYMENT => {
                 let s = Payment::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
             }
             _ => {
                 let s = Points::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, metrics).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
             }
         };
         println!("{name} listening on {}", serving.url());
