@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use settle::{Barrier, proto::v1 as pb};
 use settle_proto::v1::participant_client::ParticipantClient;
-use settle_testkit::{Backend, TestDb, scrape, stock, value};
+use settle_testkit::{Backend, TestDb, scrape, stock, value, wait_for_value};
 use sqlx::Row;
 use tonic::{Code, transport::Channel};
 
@@ -100,6 +100,20 @@ fn request(gid: &str, branch_id: u32, qty: i64) -> pb::BranchRequest {
 }
 
 impl Fixture {
+    /// Holds the stock row in another writer's transaction until that is rolled back, so
+    /// that a Try waits on it.
+    async fn lock_stock_row(&self) -> sqlx::Transaction<'static, sqlx::Any> {
+        let other = settle::db::Database::connect(&self.db.url, 1)
+            .await
+            .expect("connect");
+        let mut blocker = other.begin_write().await.expect("begin");
+        sqlx::query("UPDATE stock SET available = available WHERE item = 'apple'")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock the row");
+        blocker
+    }
+
     /// (available, reserved, sold)
     async fn stock(&self) -> (i64, i64, i64) {
         let row = sqlx::query("SELECT available, reserved, sold FROM stock WHERE item = 'apple'")
@@ -419,14 +433,7 @@ each_mode!(known_calls_move_the_participant_metrics_by_exactly_that);
 async fn a_call_its_caller_gave_up_on_counts_as_a_timeout(backend: Backend, group_commit: bool) {
     let f = fixture(backend, group_commit).await;
     // Another writer holds the stock row, so the Try waits past its deadline.
-    let other = settle::db::Database::connect(&f.db.url, 1)
-        .await
-        .expect("connect");
-    let mut blocker = other.begin_write().await.expect("begin");
-    sqlx::query("UPDATE stock SET available = available WHERE item = 'apple'")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock the row");
+    let blocker = f.lock_stock_row().await;
     let mut late = tonic::Request::new(request("t-1", 1, 1));
     late.set_timeout(Duration::from_millis(200));
     let answer = f.client.clone().r#try(late).await;
@@ -434,14 +441,7 @@ async fn a_call_its_caller_gave_up_on_counts_as_a_timeout(backend: Backend, grou
 
     let metrics = f.serving.metrics_addr().expect("metrics on");
     let key = r#"settle_participant_calls_total{op="try",result="timeout"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while value(&scrape(metrics).await, key) < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_value(metrics, key, 1.0).await;
     let samples = scrape(metrics).await;
     assert_eq!(value(&samples, key), 1.0);
     let answered = r#"settle_participant_calls_total{op="try",result="ok"}"#;
@@ -457,14 +457,7 @@ async fn a_try_over_the_limit_is_refused_and_a_cancel_waits_for_a_place(
 ) {
     let f = fixture_with(backend, group_commit, Some(1)).await;
     // Another writer holds the stock row: the Try that gets the only place waits on it.
-    let other = settle::db::Database::connect(&f.db.url, 1)
-        .await
-        .expect("connect");
-    let mut blocker = other.begin_write().await.expect("begin");
-    sqlx::query("UPDATE stock SET available = available WHERE item = 'apple'")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock the row");
+    let blocker = f.lock_stock_row().await;
 
     let (mut a, mut b) = (f.client.clone(), f.client.clone());
     let mut first = tokio::spawn(async move { a.r#try(request("t-a", 1, 1)).await });

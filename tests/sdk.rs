@@ -378,11 +378,7 @@ async fn a_start_refused_for_load_is_retried_then_fails_as_overloaded(backend: B
     // A start that keeps trying gets in once the place is given back.
     let patient = client.clone().with_start_tries(100);
     let waiting = tokio::spawn(async move { patient.begin(Duration::from_secs(30)).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while settle_testkit::value(&settle_testkit::scrape(metrics).await, refusals) < 4.0 {
-        assert!(tokio::time::Instant::now() < deadline, "never refused");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    settle_testkit::wait_for_value(metrics, refusals, 4.0).await;
     assert_eq!(
         holder.abort("make room").await.expect("abort"),
         Status::Aborted

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use settle_coordinator::admission::AdmissionConfig;
+use settle_coordinator::{Config, Running, admission::AdmissionConfig};
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use settle_testkit::{
     Answer, Backend, Recorder, TestDb, both, client, scrape, start_coordinator, test_config, value,
@@ -14,6 +14,15 @@ use settle_testkit::{
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
+
+/// A coordinator on `config`, a client of it, and the recording participant `p`.
+async fn serving_p(config: Config) -> (Running, CoordinatorClient<Channel>, Recorder) {
+    let coordinator = start_coordinator(config).await;
+    let mut c = client(&coordinator.url()).await;
+    let p = Recorder::start().await;
+    p.register(&mut c, "p").await;
+    (coordinator, c, p)
+}
 
 async fn begin(c: &mut CoordinatorClient<Channel>) -> Result<String, Status> {
     Ok(c.begin(pb::BeginRequest {
@@ -58,11 +67,8 @@ async fn a_start_over_the_in_flight_limit_is_refused_and_admitted_work_finishes(
         ..AdmissionConfig::default()
     };
     config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let coordinator = start_coordinator(config).await;
+    let (coordinator, mut c, p) = serving_p(config).await;
     let metrics = coordinator.metrics_addr().expect("metrics");
-    let mut c = client(&coordinator.url()).await;
-    let p = Recorder::start().await;
-    p.register(&mut c, "p").await;
 
     let first = begin(&mut c).await.expect("first admitted");
     let second = begin(&mut c).await.expect("second admitted");
@@ -139,10 +145,7 @@ async fn the_begin_rate_refuses_past_the_burst_and_says_when_to_retry(backend: B
         begin_rate: Some(0.1),
         begin_burst: 2,
     };
-    let coordinator = start_coordinator(config).await;
-    let mut c = client(&coordinator.url()).await;
-    let p = Recorder::start().await;
-    p.register(&mut c, "p").await;
+    let (coordinator, mut c, _p) = serving_p(config).await;
 
     let gids = [
         begin(&mut c).await.expect("burst 1"),
@@ -170,11 +173,8 @@ async fn a_hung_participant_holds_no_more_calls_than_its_limit(backend: Backend)
     // has seen the first one go.
     config.call_timeout = Duration::from_secs(10);
     config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let coordinator = start_coordinator(config).await;
+    let (coordinator, mut c, p) = serving_p(config).await;
     let metrics = coordinator.metrics_addr().expect("metrics");
-    let mut c = client(&coordinator.url()).await;
-    let p = Recorder::start().await;
-    p.register(&mut c, "p").await;
     p.answer("confirm", Answer::Hang);
 
     let mut gids = Vec::new();

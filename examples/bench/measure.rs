@@ -148,28 +148,46 @@ pub async fn measure(
     let window_end = end.unwrap_or_else(|| tally.last_done.unwrap_or_else(Instant::now));
     let window = window_end.saturating_duration_since(measure_from);
 
-    let mut latencies = tally.latencies_us;
-    latencies.sort_unstable();
-    let ok = latencies.len() as u64;
-    let secs = window.as_secs_f64().max(1e-9);
-    let pct = |p: f64| percentile_ms(&latencies, p);
-    Ok(Report {
-        committed: ok,
-        errors: tally.errors,
-        unmeasured: tally.warmup,
+    Ok(report(
+        tally.latencies_us,
+        tally.errors,
+        tally.warmup,
         window,
-        tps: ok as f64 / secs,
+        cpu_from.zip(cpu_to).map(|(a, b)| b - a),
+        own_from.zip(own_to).map(|(a, b)| b - a),
+    ))
+}
+
+/// The report of a window: throughput and percentiles from the committed transactions'
+/// latencies (µs, in any order), with the CPU each side spent in it.
+fn report(
+    mut latencies_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    unmeasured: u64,
+    window: Duration,
+    cpu_s: Option<f64>,
+    bench_cpu_s: Option<f64>,
+) -> Report {
+    latencies_us.sort_unstable();
+    let ok = latencies_us.len() as u64;
+    let pct = |p: f64| percentile_ms(&latencies_us, p);
+    Report {
+        committed: ok,
+        errors,
+        unmeasured,
+        window,
+        tps: ok as f64 / window.as_secs_f64().max(1e-9),
         p50_ms: pct(0.50),
         p90_ms: pct(0.90),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
-        cpu_s: cpu_from.zip(cpu_to).map(|(a, b)| b - a),
-        bench_cpu_s: own_from.zip(own_to).map(|(a, b)| b - a),
+        cpu_s,
+        bench_cpu_s,
         peak_rss_mb: None,
         rss_mb: None,
         invariants: None,
         open_loop: None,
-    })
+    }
 }
 
 /// What an open-loop run adds to a report.
@@ -279,35 +297,25 @@ pub async fn open_loop(
             }
         }
     }
-    latencies.sort_unstable();
     refusals.sort_unstable();
-    let ok = latencies.len() as u64;
-    let pct = |p: f64| percentile_ms(&latencies, p);
     let ((cpu_a, own_a), (cpu_b, own_b)) = (cpu_from.unwrap_or(cpu_to), cpu_to);
-    Ok(Report {
-        committed: ok,
+    let mut report = report(
+        latencies,
         errors,
-        unmeasured: (n - outcomes.len()) as u64,
-        window: end.duration_since(measure_from),
-        tps: ok as f64 / secs,
-        p50_ms: pct(0.50),
-        p90_ms: pct(0.90),
-        p99_ms: pct(0.99),
-        max_ms: pct(1.0),
-        cpu_s: cpu_a.zip(cpu_b).map(|(a, b)| b - a),
-        bench_cpu_s: own_a.zip(own_b).map(|(a, b)| b - a),
-        peak_rss_mb: None,
-        rss_mb: None,
-        invariants: None,
-        open_loop: Some(OpenLoop {
-            offered: outcomes.len() as f64 / secs,
-            refused_per_s: refusals.len() as f64 / secs,
-            refusal_p99_ms: percentile_ms(&refusals, 0.99),
-            refusal_max_ms: percentile_ms(&refusals, 1.0),
-            unfinished_after,
-            needs_attention_after,
-        }),
-    })
+        (n - outcomes.len()) as u64,
+        end.duration_since(measure_from),
+        cpu_a.zip(cpu_b).map(|(a, b)| b - a),
+        own_a.zip(own_b).map(|(a, b)| b - a),
+    );
+    report.open_loop = Some(OpenLoop {
+        offered: outcomes.len() as f64 / secs,
+        refused_per_s: refusals.len() as f64 / secs,
+        refusal_p99_ms: percentile_ms(&refusals, 0.99),
+        refusal_max_ms: percentile_ms(&refusals, 1.0),
+        unfinished_after,
+        needs_attention_after,
+    });
+    Ok(report)
 }
 
 /// Unfinished and flagged transactions once none is left moving (Admin Stats, polled for

@@ -40,3 +40,15 @@ pub async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
 pub fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
     samples.get(key).copied().unwrap_or(0.0)
 }
+
+/// Waits until `key` at `addr` reads at least `at_least`, failing the test after 10 s.
+pub async fn wait_for_value(addr: SocketAddr, key: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&scrape(addr).await, key) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never reached {at_least}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
