@@ -53,6 +53,7 @@ struct Inner {
     retries: Family<ParticipantLabels, Counter>,
     calls_in_flight: Family<ParticipantLabels, Gauge>,
     refused: [Counter; LIMITS.len()],
+    refusal_seconds: Histogram,
     in_flight: Gauge,
     unfinished: [Gauge; UNFINISHED.len()],
     needs_attention: Gauge,
@@ -364,6 +365,16 @@ impl Metrics {
             "New transactions refused for load (RESOURCE_EXHAUSTED), by the limit that refused them",
             refused.clone(),
         );
+        // Finer than `seconds()` below 10 ms, where the goal for a refusal lies.
+        let refusal_seconds = Histogram::new([
+            0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+            0.25, 1.0,
+        ]);
+        registry.register(
+            "settle_admission_refusal_seconds",
+            "Time from the arrival of an RPC to its RESOURCE_EXHAUSTED answer, as the server saw it",
+            refusal_seconds.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "settle_transactions_in_flight",
@@ -490,6 +501,7 @@ impl Metrics {
                 retries,
                 calls_in_flight,
                 refused,
+                refusal_seconds,
                 in_flight,
                 unfinished,
                 needs_attention,
@@ -614,6 +626,9 @@ impl Metrics {
 
     /// An RPC ended with `code` after `took`.
     pub fn handled(&self, rpc: &Rpc, code: Code, took: Duration) {
+        if code == Code::ResourceExhausted {
+            self.inner.refusal_seconds.observe(took.as_secs_f64());
+        }
         let code_index = (code as usize).min(CODES.len() - 1);
         let path = match rpc {
             Rpc::Known(index) => {

@@ -131,6 +131,9 @@ async fn a_start_over_the_in_flight_limit_is_refused_and_admitted_work_finishes(
     assert_eq!(value(&samples, refusals), 2.0, "the Begin and the saga");
     let code = r#"grpc_server_handled_total{grpc_service="settle.v1.Coordinator",grpc_method="Begin",grpc_code="ResourceExhausted"}"#;
     assert_eq!(value(&samples, code), 1.0);
+    // Both refusals timed (their times are for BENCHMARKS.md, not for a test).
+    let timed = "settle_admission_refusal_seconds_count";
+    assert_eq!(value(&samples, timed), 2.0);
     coordinator.stop().await.expect("stop");
 }
 both!(a_start_over_the_in_flight_limit_is_refused_and_admitted_work_finishes);

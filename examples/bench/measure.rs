@@ -199,6 +199,10 @@ pub struct OpenLoop {
     /// How long a refusal took to arrive: p99 and max, in ms.
     pub refusal_p99_ms: f64,
     pub refusal_max_ms: f64,
+    /// The bucket bound, in ms, under which 99 % of the window's refusals were answered as
+    /// `settled` measured them (`settle_admission_refusal_seconds`): the client's own wait
+    /// for a CPU left out. `None` in process, or from a `settled` without that histogram.
+    pub server_refusal_p99_ms: Option<f64>,
     /// Transactions still unfinished, and flagged for an operator, once the run's last
     /// transactions are done (read with Admin Stats); `None` when it could not be read.
     pub unfinished_after: Option<u64>,
@@ -232,6 +236,7 @@ pub async fn open_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut running = tokio::task::JoinSet::new();
     let mut cpu_from = None;
+    let mut refusals_from = None;
     let mut n = 0usize;
     loop {
         let at = tick.tick().await.into_std();
@@ -239,6 +244,7 @@ pub async fn open_loop(
             break;
         }
         if cpu_from.is_none() && at >= measure_from {
+            refusals_from = server_refusals(coordinator).await;
             cpu_from = Some((
                 coordinator.cpu_seconds(),
                 proc_cpu_seconds("/proc/self/stat"),
@@ -265,6 +271,7 @@ pub async fn open_loop(
         coordinator.cpu_seconds(),
         proc_cpu_seconds("/proc/self/stat"),
     );
+    let refusals_to = server_refusals(coordinator).await;
     let patience = Duration::from_millis(args.timeout_ms) + Duration::from_secs(60);
     let drained = tokio::time::timeout(patience, async {
         while running.join_next().await.is_some() {}
@@ -312,6 +319,9 @@ pub async fn open_loop(
         refused_per_s: refusals.len() as f64 / secs,
         refusal_p99_ms: percentile_ms(&refusals, 0.99),
         refusal_max_ms: percentile_ms(&refusals, 1.0),
+        server_refusal_p99_ms: refusals_from
+            .zip(refusals_to)
+            .and_then(|(from, to)| p99_bound_ms(&from, &to)),
         unfinished_after,
         needs_attention_after,
     });
@@ -346,6 +356,39 @@ async fn settled_work(url: &str) -> Option<(u64, u64)> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The external coordinator's refusal histogram: (bucket bound in s, cumulative count).
+async fn server_refusals(coordinator: &CoordinatorHandle) -> Option<Vec<(f64, f64)>> {
+    const BUCKET: &str = "settle_admission_refusal_seconds_bucket{le=\"";
+    let samples = settle_testkit::scrape(coordinator.metrics_addr()?).await;
+    let mut buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|(key, count)| {
+            let le = key.strip_prefix(BUCKET)?.strip_suffix("\"}")?;
+            Some((le.parse().ok()?, *count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The smallest bucket bound (ms) holding 99 % of the refusals between two readings of the
+/// histogram; `None` when there were none.
+fn p99_bound_ms(from: &[(f64, f64)], to: &[(f64, f64)]) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = to
+        .iter()
+        .zip(from)
+        .map(|((le, b), (_, a))| (*le, b - a))
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    counts
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map(|(le, _)| le * 1000.0)
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.

@@ -58,6 +58,14 @@ impl CoordinatorHandle {
         }
     }
 
+    /// The external coordinator's metrics endpoint.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        match self {
+            CoordinatorHandle::InProcess(_) => None,
+            CoordinatorHandle::External(settled) => settled.metrics,
+        }
+    }
+
     pub fn resources(&self) -> Option<Memory> {
         match self {
             CoordinatorHandle::InProcess(_) => None,
@@ -82,6 +90,7 @@ impl CoordinatorHandle {
 pub struct Settled {
     child: Child,
     url: String,
+    metrics: Option<SocketAddr>,
 }
 
 impl Settled {
@@ -108,6 +117,7 @@ impl Settled {
         let mut settled = Settled {
             child,
             url: String::new(),
+            metrics: None,
         };
         let mut lines = BufReader::new(stdout);
         let mut first = String::new();
@@ -117,6 +127,13 @@ impl Settled {
             .strip_prefix("settled listening on ")
             .ok_or_else(|| format!("settled did not start; it said {first:?}"))?;
         settled.url = format!("http://{}", addr.parse::<SocketAddr>()?);
+        let mut second = String::new();
+        lines.read_line(&mut second)?;
+        settled.metrics = second
+            .trim()
+            .strip_prefix("settled metrics on http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|addr| addr.parse().ok());
         // Keep draining its stdout (logs) so that it never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut line = String::new();

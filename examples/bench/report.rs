@@ -94,6 +94,9 @@ impl Report {
                 "refused      {:.1}/s for load, answered in p99 {:.2} ms, max {:.2} ms",
                 open.refused_per_s, open.refusal_p99_ms, open.refusal_max_ms
             );
+            if let Some(bound) = open.server_refusal_p99_ms {
+                println!("refused      p99 within {bound} ms as settled measured them");
+            }
             let count = |n: Option<u64>| n.map_or("unknown".to_owned(), |n| n.to_string());
             println!(
                 "after        {} unfinished, {} needing attention",
@@ -156,6 +159,7 @@ impl Report {
             "offered": self.open_loop.as_ref().map(|o| round(o.offered)),
             "refused_per_s": self.open_loop.as_ref().map(|o| round(o.refused_per_s)),
             "refusal_p99_ms": self.open_loop.as_ref().map(|o| round(o.refusal_p99_ms)),
+            "server_refusal_p99_ms": self.open_loop.as_ref().and_then(|o| o.server_refusal_p99_ms),
             "unfinished_after": self.open_loop.as_ref().and_then(|o| o.unfinished_after),
             "needs_attention_after": self.open_loop.as_ref().and_then(|o| o.needs_attention_after),
         });
