@@ -31,6 +31,13 @@ use governor::{
     state::{InMemoryState, NotKeyed},
 };
 
+/// The default `max_in_flight`. By Little's law, more in flight than capacity × latency
+/// only adds waiting: at 3× its capacity, a two-core `settled` at this limit answers its
+/// admitted transactions in about half a second and stays under 100 MB (BENCHMARKS.md
+/// "Overload"); ten thousand, the first default, let a surge take it to seconds and past
+/// 250 MB. It stays well above what a 256-worker closed loop keeps in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 512;
+
 /// The limits; `None` is no limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdmissionConfig {
@@ -45,7 +52,7 @@ pub struct AdmissionConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         AdmissionConfig {
-            max_in_flight: Some(10_000),
+            max_in_flight: Some(DEFAULT_MAX_IN_FLIGHT),
             begin_rate: None,
             begin_burst: 100,
         }

@@ -4,8 +4,12 @@ use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use settle_coordinator::{
-    Config, Coordinator, Limits, admission::AdmissionConfig, check_admin_exposure,
-    recovery::RecoveryConfig, retry::RetryPolicy, store::redact,
+    Config, Coordinator, Limits,
+    admission::{AdmissionConfig, DEFAULT_MAX_IN_FLIGHT},
+    check_admin_exposure,
+    recovery::RecoveryConfig,
+    retry::RetryPolicy,
+    store::redact,
 };
 use settle_telemetry::subscriber;
 use tokio::net::TcpListener;
@@ -69,7 +73,7 @@ struct Args {
     recovery_interval_ms: u64,
     /// Most transactions begun on this instance and not yet final; a Begin or SubmitSaga
     /// over it is answered RESOURCE_EXHAUSTED with RetryInfo (0: no limit).
-    #[arg(long, env = "SETTLE_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    #[arg(long, env = "SETTLE_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: u64,
     /// Begins and SubmitSagas per second, on average, as a token bucket (fractions allowed;
     /// 0: no limit). Over it: RESOURCE_EXHAUSTED with RetryInfo.
