@@ -552,6 +552,18 @@ async fn a_reused_out_trade_no_is_refused_before_anything_is_frozen(backend: Bac
         .call(Phase::Try, "G", "pay", &charge(1))
         .await
         .expect("try");
+    // The same gid and branch again is a duplicate, not a reuse: answered as before,
+    // through the barrier, freezing nothing more.
+    payment
+        .call(Phase::Try, "G", "pay", &charge(1))
+        .await
+        .expect("duplicate try");
+    let holder = payment.service.account(1).await.expect("account");
+    assert_eq!(
+        holder.map(|a| (a.balance, a.frozen)),
+        Some((70, 30)),
+        "frozen once"
+    );
     payment
         .call(Phase::Confirm, "G", "pay", &charge(1))
         .await
