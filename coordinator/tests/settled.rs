@@ -6,13 +6,12 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::SocketAddr,
     process::{Command, Stdio},
 };
 
 use settle_coordinator::Coordinator;
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
-use settle_testkit::{Backend, TestDb, scrape, test_config, value};
+use settle_testkit::{Backend, TestDb, scrape, settled_metrics_addr, test_config, value};
 
 #[tokio::test]
 async fn settled_starts_on_sqlite_with_no_setup_and_stops_on_sigterm() {
@@ -49,13 +48,8 @@ async fn serves_and_stops(flags: &[&str]) {
         .strip_prefix("settled listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    let metrics_addr: SocketAddr = metrics_line
-        .trim()
-        .strip_prefix("settled metrics on http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("unexpected second line {metrics_line:?}"))
-        .parse()
-        .expect("metrics address");
+    let metrics_addr = settled_metrics_addr(&metrics_line)
+        .unwrap_or_else(|| panic!("unexpected second line {metrics_line:?}"));
 
     let mut client = CoordinatorClient::connect(format!("http://{addr}"))
         .await

@@ -129,11 +129,7 @@ impl Settled {
         settled.url = format!("http://{}", addr.parse::<SocketAddr>()?);
         let mut second = String::new();
         lines.read_line(&mut second)?;
-        settled.metrics = second
-            .trim()
-            .strip_prefix("settled metrics on http://")
-            .and_then(|rest| rest.strip_suffix("/metrics"))
-            .and_then(|addr| addr.parse().ok());
+        settled.metrics = settle_testkit::settled_metrics_addr(&second);
         // Keep draining its stdout (logs) so that it never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut line = String::new();

@@ -17,5 +17,5 @@ pub mod stock;
 
 pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
 pub use db::{Backend, TestDb, fresh_database, postgres_admin_url, run};
-pub use metrics::{scrape, value, wait_for_value};
+pub use metrics::{scrape, settled_metrics_addr, value, wait_for_value};
 pub use recorder::{Answer, Call, Recorder};

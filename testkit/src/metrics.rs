@@ -52,3 +52,13 @@ pub async fn wait_for_value(addr: SocketAddr, key: &str, at_least: f64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The metrics address in `settled`'s second line of stdout (`settled metrics on
+/// http://ADDR/metrics`), the one place outside `settled` that reads that line.
+pub fn settled_metrics_addr(line: &str) -> Option<SocketAddr> {
+    line.trim()
+        .strip_prefix("settled metrics on http://")?
+        .strip_suffix("/metrics")?
+        .parse()
+        .ok()
+}
