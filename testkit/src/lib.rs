@@ -12,10 +12,12 @@
 pub mod coordinator;
 pub mod db;
 pub mod metrics;
+pub mod pki;
 pub mod recorder;
 pub mod stock;
 
 pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
 pub use db::{Backend, TestDb, fresh_database, postgres_admin_url, run};
 pub use metrics::{scrape, settled_metrics_addr, value, wait_for_value};
+pub use pki::Pki;
 pub use recorder::{Answer, Call, Recorder};
