@@ -12,7 +12,9 @@
 //! retried here: only a start can be refused for load.
 //!
 //! Channels (to the coordinator and to each participant endpoint) are created once and
-//! shared by every clone of a `Client`.
+//! shared by every clone of a `Client`. With [`Credentials`], `https://` endpoints are
+//! reached over TLS, presenting the client's certificate if it has one, and every request
+//! to the coordinator carries the bearer token if one is given.
 
 use std::{
     collections::HashMap,
@@ -26,11 +28,8 @@ use serde::Serialize;
 use settle_proto::v1::{
     self as pb, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
 };
-use tonic::{
-    Code,
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use settle_security::{ClientTls, Secret, connect::Target};
+use tonic::{Code, metadata::MetadataValue, transport::Channel};
 use tonic_types::StatusExt;
 use tracing::{debug, warn};
 
@@ -148,10 +147,34 @@ impl BranchSpec {
     }
 }
 
+/// How a client proves who it is and checks who it talks to.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// TLS for `https://` endpoints (the coordinator's and participants'): the CA they are
+    /// verified against, and the client's own certificate, which names it.
+    pub tls: Option<ClientTls>,
+    /// A bearer token from the coordinator's tokens file, sent on every coordinator call.
+    pub token: Option<Secret>,
+}
+
+impl Credentials {
+    /// Adds the token, if any, to `request`.
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token
+            && let Ok(value) = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+        {
+            request
+                .metadata_mut()
+                .insert(settle_proto::metadata::AUTHORIZATION, value);
+        }
+    }
+}
+
 /// A connection to a coordinator. Cheap to clone; clones share channels.
 #[derive(Debug, Clone)]
 pub struct Client {
     coordinator: CoordinatorClient<Channel>,
+    credentials: Credentials,
     participants: Arc<Mutex<HashMap<String, ParticipantClient<Channel>>>>,
     try_timeout: Duration,
     commit_wait: Duration,
@@ -166,14 +189,23 @@ const OVERLOAD_MAX_DELAY: Duration = Duration::from_secs(5);
 impl Client {
     /// Connects to the coordinator at `url` (`http://HOST:PORT`).
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
+        Client::connect_with(url, Credentials::default()).await
+    }
+
+    /// Connects to the coordinator at `url` (`http://` or, with TLS in `credentials`,
+    /// `https://`), using `credentials` for it and for participants.
+    pub async fn connect_with(
+        url: impl Into<String>,
+        credentials: Credentials,
+    ) -> Result<Client, Error> {
         let url = url.into();
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|_| Error::InvalidUrl(url))?
-            .tcp_nodelay(true)
+        let channel = Target::new(&url, credentials.tls.as_ref())
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?
             .connect()
             .await?;
         Ok(Client {
             coordinator: CoordinatorClient::new(channel),
+            credentials,
             participants: Arc::new(Mutex::new(HashMap::new())),
             try_timeout: Duration::from_secs(10),
             commit_wait: Duration::from_secs(10),
@@ -231,9 +263,17 @@ impl Client {
         self
     }
 
-    /// The raw coordinator client, for calls the SDK does not wrap.
+    /// The raw coordinator client, for calls the SDK does not wrap; dress their requests
+    /// with [`Client::request`] so that they carry the token and the trace.
     pub fn coordinator(&self) -> CoordinatorClient<Channel> {
         self.coordinator.clone()
+    }
+
+    /// A request to the coordinator carrying `message`, the current trace and the token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = context::traced(message);
+        self.credentials.authorize(&mut request);
+        request
     }
 
     /// Begins a transaction that aborts unless committed within `timeout`.
@@ -265,7 +305,7 @@ impl Client {
         let begun = self
             .start(|| {
                 let mut coordinator = self.coordinator.clone();
-                let request = context::traced(request.clone());
+                let request = self.request(request.clone());
                 async move { coordinator.begin(request).await }
             })
             .await?;
@@ -288,9 +328,9 @@ impl Client {
         Ok(self
             .coordinator
             .clone()
-            .get(pb::GetRequest {
+            .get(self.request(pb::GetRequest {
                 gid: gid.to_owned(),
-            })
+            }))
             .await
             .map_err(Error::Coordinator)?
             .into_inner())
@@ -301,9 +341,8 @@ impl Client {
         if let Some(client) = participants.get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|_| Error::InvalidUrl(endpoint.to_owned()))?
-            .tcp_nodelay(true)
+        let channel = Target::new(endpoint, self.credentials.tls.as_ref())
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?
             .connect_lazy();
         let client = ParticipantClient::new(channel);
         participants.insert(endpoint.to_owned(), client.clone());
@@ -351,7 +390,7 @@ impl Transaction {
             .client
             .coordinator
             .clone()
-            .register_branch(context::traced(pb::RegisterBranchRequest {
+            .register_branch(self.client.request(pb::RegisterBranchRequest {
                 gid: self.gid.clone(),
                 participant: participant.to_owned(),
                 action: action.to_owned(),
@@ -442,7 +481,7 @@ impl Transaction {
             .client
             .coordinator
             .clone()
-            .commit(context::traced(pb::CommitRequest {
+            .commit(self.client.request(pb::CommitRequest {
                 gid: self.gid.clone(),
                 wait_ms: self.client.commit_wait.as_millis() as u64,
             }))
@@ -463,7 +502,7 @@ async fn abort(client: &Client, gid: &str, reason: &str, wait: Duration) -> Resu
     let response = client
         .coordinator
         .clone()
-        .abort(context::traced(pb::AbortRequest {
+        .abort(client.request(pb::AbortRequest {
             gid: gid.to_owned(),
             reason: reason.to_owned(),
             wait_ms: wait.as_millis() as u64,

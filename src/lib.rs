@@ -93,8 +93,9 @@ pub mod saga;
 pub mod server;
 
 pub use barrier::Barrier;
-pub use client::{Client, Transaction};
+pub use client::{Client, Credentials, Transaction};
 pub use participant::{Branch, Participant};
 pub use saga::{Saga, SagaOnly, SagaParticipant};
 pub use server::serve;
 pub use settle_proto as proto;
+pub use settle_security as security;

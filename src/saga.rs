@@ -317,7 +317,7 @@ impl Saga {
             .client
             .start(|| {
                 let mut coordinator = self.client.coordinator();
-                let request = crate::context::traced(request.clone());
+                let request = self.client.request(request.clone());
                 async move { coordinator.submit_saga(request).await }
             })
             .await?;

@@ -6,6 +6,13 @@
 //! and endpoint with the coordinator at start-up and again periodically, so a coordinator
 //! that lost its participant table (a fresh database, a new instance) learns it again.
 //!
+//! With [`Serve::tls`] it serves over TLS; when the TLS verifies client certificates, a
+//! call is accepted only from a known caller: Confirm, Cancel, Execute and Compensate from
+//! the coordinator's identity ([`Serve::coordinator_identity`]) alone, Try from any caller
+//! with a certificate (or those of [`Serve::try_from`]). A call without a certificate is
+//! `UNAUTHENTICATED`, one from another caller `PERMISSION_DENIED`, before the barrier sees
+//! it. Without authentication it listens on loopback only, unless [`Serve::insecure`].
+//!
 //! Under load it sheds Trys, never phase two: with [`Serve::max_concurrent`], a Try that
 //! finds every place taken (or the group-commit queue full) is refused at once, so its
 //! initiator aborts instead of waiting ("degrade, don't collapse"), while a Confirm, Cancel,
@@ -29,8 +36,11 @@ use tokio::{
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use settle_security::{Peer, ServerTls, connect::Target};
+
 use crate::{
     barrier::{self, Admission, Barrier, Entry, Op},
+    client::Credentials,
     context, db,
     metrics::{Meters, Skipped},
     participant::{self, Branch, Participant},
@@ -45,6 +55,10 @@ pub enum Error {
     /// The coordinator could not be reached or refused the registration.
     #[error("registering with the coordinator failed: {0}")]
     Register(String),
+    /// The settings cannot be served as given (an unprotected address, TLS that verifies
+    /// clients without the coordinator's identity).
+    #[error("{0}")]
+    Config(String),
     /// The gRPC server failed.
     #[error("participant server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -62,6 +76,11 @@ pub struct Serve<P> {
     group_commit: Option<usize>,
     max_concurrent: Option<usize>,
     metrics_listen: Option<SocketAddr>,
+    tls: Option<ServerTls>,
+    coordinator_identity: Option<String>,
+    try_from: Option<Vec<String>>,
+    credentials: Credentials,
+    insecure: bool,
 }
 
 /// How many calls the group-commit queue holds, in groups of the largest size.
@@ -93,6 +112,11 @@ pub fn serve<P: Participant>(
         group_commit: None,
         max_concurrent: None,
         metrics_listen: None,
+        tls: None,
+        coordinator_identity: None,
+        try_from: None,
+        credentials: Credentials::default(),
+        insecure: false,
     }
 }
 
@@ -101,6 +125,43 @@ impl<P: Participant> Serve<P> {
     /// endpoint by configuration).
     pub fn coordinator(mut self, url: impl Into<String>) -> Self {
         self.coordinator = Some(url.into());
+        self
+    }
+
+    /// How to reach the coordinator it registers with: TLS for an `https://` URL (whose
+    /// certificate, with TLS that verifies clients, names this participant) and a bearer
+    /// token, when the coordinator wants one.
+    pub fn coordinator_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Serves over TLS. When `tls` verifies client certificates, callers are known by
+    /// them, and [`Serve::coordinator_identity`] must be given.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The name in the coordinator's certificate: the only caller whose Confirm, Cancel,
+    /// Execute and Compensate are accepted (and, by default, one of the callers whose Try
+    /// is).
+    pub fn coordinator_identity(mut self, name: impl Into<String>) -> Self {
+        self.coordinator_identity = Some(name.into());
+        self
+    }
+
+    /// Accepts Try only from these callers (default: any caller with a verified
+    /// certificate, since initiators send Try).
+    pub fn try_from(mut self, callers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.try_from = Some(callers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Listens beyond loopback even without TLS that authenticates callers (a warning is
+    /// logged): anyone who can reach it could Confirm or Cancel.
+    pub fn insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
         self
     }
 
@@ -186,6 +247,30 @@ impl<P: Participant> Serve<P> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Started<impl Future<Output = Result<(), Error>> + Send>, Error> {
         let addr = listener.local_addr()?;
+        let verifies = self.tls.as_ref().is_some_and(ServerTls::verifies_clients);
+        settle_security::exposure::check(
+            &self.name,
+            addr,
+            verifies,
+            self.insecure,
+            "serve with TLS that verifies client certificates (Serve::tls, \
+             Serve::coordinator_identity)",
+        )
+        .map_err(Error::Config)?;
+        let callers = match (verifies, self.coordinator_identity.clone()) {
+            (false, _) => None,
+            (true, Some(coordinator)) => Some(Callers {
+                coordinator,
+                try_from: self.try_from.clone(),
+            }),
+            (true, None) => {
+                return Err(Error::Config(
+                    "TLS that verifies clients needs the coordinator's identity \
+                     (Serve::coordinator_identity, --coordinator-identity)"
+                        .to_owned(),
+                ));
+            }
+        };
         // Bound before registering: a taken metrics port fails start-up, not a scrape.
         let (meters, exporter) = match self.metrics_listen {
             Some(metrics_addr) => {
@@ -203,14 +288,16 @@ impl<P: Participant> Serve<P> {
             }
             None => (None, None),
         };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let url = self
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let registration = match &self.coordinator {
             Some(coordinator) => {
                 let registrar = Registrar {
                     coordinator: coordinator.clone(),
+                    credentials: self.credentials.clone(),
                     name: self.name.clone(),
                     endpoint: url.clone(),
                 };
@@ -241,13 +328,17 @@ impl<P: Participant> Serve<P> {
                 .max_concurrent
                 .map(|n| (Arc::new(Semaphore::new(n)), n)),
             meters,
+            callers,
         };
         let metrics_addr = exporter.as_ref().map(|(addr, _)| *addr);
         let run = async move {
             let served = tonic::transport::Server::builder()
                 .layer(context::layer())
                 .add_service(ParticipantServer::new(service))
-                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .serve_with_incoming_shutdown(
+                    settle_security::listen::incoming(listener, self.tls),
+                    shutdown,
+                )
                 .await;
             if let Some(registration) = registration {
                 registration.abort();
@@ -311,20 +402,25 @@ impl Serving {
 
 struct Registrar {
     coordinator: String,
+    credentials: Credentials,
     name: String,
     endpoint: String,
 }
 
 impl Registrar {
     async fn register(&self) -> Result<(), Error> {
-        let mut client = CoordinatorClient::connect(self.coordinator.clone())
+        let channel = Target::new(&self.coordinator, self.credentials.tls.as_ref())
+            .map_err(|e| Error::Register(e.to_string()))?
+            .connect()
             .await
             .map_err(|e| Error::Register(format!("cannot reach {}: {e}", self.coordinator)))?;
-        client
-            .register_participant(pb::RegisterParticipantRequest {
-                name: self.name.clone(),
-                endpoint: self.endpoint.clone(),
-            })
+        let mut request = Request::new(pb::RegisterParticipantRequest {
+            name: self.name.clone(),
+            endpoint: self.endpoint.clone(),
+        });
+        self.credentials.authorize(&mut request);
+        CoordinatorClient::new(channel)
+            .register_participant(request)
             .await
             .map_err(|s| Error::Register(format!("{:?}: {}", s.code(), s.message())))?;
         Ok(())
@@ -364,6 +460,46 @@ struct ParticipantService<P> {
     slots: Option<(Arc<Semaphore>, usize)>,
     /// Where calls are counted, when metrics are on.
     meters: Option<Arc<Meters>>,
+    /// Who may call, when callers are known by their certificates.
+    callers: Option<Callers>,
+}
+
+/// Whose calls a participant accepts.
+struct Callers {
+    coordinator: String,
+    try_from: Option<Vec<String>>,
+}
+
+impl Callers {
+    /// Refuses a call whose connection has no verified certificate, a phase-two call from
+    /// anyone but the coordinator, and a Try from a caller not listed.
+    fn check(&self, op: Op, peer: Option<&Peer>) -> Result<(), Status> {
+        let Some(caller) = peer.and_then(|peer| peer.identity.as_deref()) else {
+            return Err(Status::unauthenticated(
+                "a client certificate from the trusted CA is required",
+            ));
+        };
+        let allowed = match op {
+            Op::Try => self
+                .try_from
+                .as_ref()
+                .is_none_or(|callers| callers.iter().any(|c| c == caller)),
+            _ => caller == self.coordinator,
+        };
+        if allowed {
+            Ok(())
+        } else if op == Op::Try {
+            Err(Status::permission_denied(format!(
+                "Try is not accepted from {caller}"
+            )))
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} is accepted only from the coordinator ({}), not from {caller}",
+                op.as_str(),
+                self.coordinator
+            )))
+        }
+    }
 }
 
 /// A call waiting for its group.
@@ -388,6 +524,9 @@ impl<P: Participant> ParticipantService<P> {
     }
 
     async fn answer(&self, op: Op, request: Request<pb::BranchRequest>) -> Result<(), Status> {
+        if let Some(callers) = &self.callers {
+            callers.check(op, request.extensions().get::<Peer>())?;
+        }
         let req = request.into_inner();
         let branch = Branch {
             gid: req.gid,
@@ -697,11 +836,4 @@ impl<P: Participant> pb::participant_server::Participant for ParticipantService<
     ) -> Result<Response<pb::BranchResponse>, Status> {
         self.handle(Op::Compensate, request).await
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: gRPC messages are small, and without
-/// this a reply can sit out a delayed ACK (40 ms). tonic applies its own `tcp_nodelay`
-/// setting only to listeners it binds itself.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -34,6 +34,8 @@ pub struct Settings {
     pub lease: Duration,
     /// Most calls in flight to one participant at once; `None` is no limit.
     pub participant_concurrency: Option<usize>,
+    /// TLS for participants at `https://` endpoints.
+    pub participant_tls: Option<settle_security::ClientTls>,
 }
 
 /// The shared state of both modes. Cheap to clone.
@@ -66,6 +68,7 @@ impl Context {
             store.clone(),
             settings.call_timeout,
             settings.participant_concurrency,
+            settings.participant_tls.clone(),
             metrics.clone(),
         );
         Context {

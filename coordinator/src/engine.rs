@@ -78,6 +78,12 @@ impl Engine {
     pub async fn register_participant(&self, name: &str, endpoint: &str) -> Result<()> {
         validate::participant(name)?;
         validate::endpoint(endpoint)?;
+        if endpoint.starts_with("https://") && !self.ctx.participants().calls_tls() {
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint {endpoint} is https, and this coordinator has no CA to verify it: \
+                 start settled with --tls-ca"
+            )));
+        }
         self.ctx.participants().register(name, endpoint).await?;
         info!(participant = name, endpoint, "participant registered");
         Ok(())

@@ -13,6 +13,9 @@ pub enum Error {
     /// Unknown gid, branch or participant.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this (register another caller's participant name).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The transaction's state does not allow the request.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -5,6 +5,8 @@
 //! The pieces, from the wire down:
 //! - [`grpc`]: the `settle.v1` services, the mapping of errors to status codes, the Admin
 //!   token check;
+//! - [`access`]: TLS, who callers are, who may register which participant, where the
+//!   coordinator may listen;
 //! - [`engine`]: both modes on one shared [`context`], and who resumes what;
 //! - [`tcc`]: TCC mode — validation, decisions, rounds of phase two;
 //! - [`saga`]: saga mode — forward steps in order, compensation in reverse;
@@ -22,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod context;
@@ -42,8 +45,11 @@ pub mod validate;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use settle_proto::v1::{admin_server::AdminServer, coordinator_server::CoordinatorServer};
+use settle_security::Secret;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{info, warn};
+
+pub use access::Security;
 
 use crate::{
     admin::Admin,
@@ -78,9 +84,9 @@ pub struct Config {
     pub lease: Duration,
     /// Recovery loop settings.
     pub recovery: RecoveryConfig,
-    /// Bearer token every Admin call must carry. Without one, Admin is served only on a
-    /// loopback address.
-    pub admin_token: Option<String>,
+    /// TLS, callers' credentials, registration grants and the Admin token. Without TLS and
+    /// authentication the coordinator serves on loopback only (unless `insecure`).
+    pub security: Security,
     /// Where `/metrics` is served (port 0 picks one); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
     /// How often the gauges of unfinished work are read from the database.
@@ -102,7 +108,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(5),
             lease: Duration::from_secs(30),
             recovery: RecoveryConfig::default(),
-            admin_token: None,
+            security: Security::default(),
             metrics_listen: None,
             gauges_every: Duration::from_secs(5),
             admission: AdmissionConfig::default(),
@@ -133,7 +139,7 @@ pub enum Error {
 pub struct Coordinator {
     engine: Engine,
     recovery: RecoveryConfig,
-    admin_token: Option<String>,
+    security: Security,
     metrics: Metrics,
     metrics_listener: Option<TcpListener>,
     gauges_every: Duration,
@@ -148,8 +154,8 @@ impl Coordinator {
                 config.lease, config.call_timeout
             )));
         }
-        if let Some(token) = &config.admin_token {
-            check_admin_token(token)?;
+        if let Some(token) = &config.security.admin_token {
+            check_admin_token(token.expose())?;
         }
         if config.participant_concurrency == Some(0) {
             return Err(Error::Config(
@@ -179,6 +185,7 @@ impl Coordinator {
                 call_timeout: config.call_timeout,
                 lease: config.lease,
                 participant_concurrency: config.participant_concurrency,
+                participant_tls: config.security.participant_tls.clone(),
             },
             admission,
             metrics.clone(),
@@ -193,7 +200,7 @@ impl Coordinator {
         Ok(Coordinator {
             engine,
             recovery: config.recovery,
-            admin_token: config.admin_token,
+            security: config.security,
             metrics,
             metrics_listener,
             gauges_every: config.gauges_every,
@@ -215,13 +222,15 @@ impl Coordinator {
     /// Serves gRPC (Coordinator, Admin, health, reflection) on `listener` and runs the
     /// recovery loop until `shutdown` completes; then stops claiming work and releases this
     /// instance's leases so that the next start (or another instance) resumes at once.
-    /// Refuses to serve on a non-loopback address without an admin token.
+    /// Refuses to serve beyond loopback unprotected ([`Security::check_exposure`]).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
-        check_admin_exposure(listener.local_addr()?, self.admin_token.as_deref())?;
+        self.security
+            .check_exposure(listener.local_addr()?)
+            .map_err(Error::Config)?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<CoordinatorServer<grpc::CoordinatorService>>()
@@ -261,14 +270,18 @@ impl Coordinator {
             .layer(grpc::trace_layer())
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(CoordinatorServer::new(grpc::CoordinatorService::new(
-                self.engine.clone(),
-            )))
+            .add_service(CoordinatorServer::with_interceptor(
+                grpc::CoordinatorService::new(self.engine.clone(), self.security.clone()),
+                self.security.authenticator(),
+            ))
             .add_service(AdminServer::with_interceptor(
                 grpc::AdminService::new(Admin::new(self.engine.clone())),
-                grpc::AdminAuth::new(self.admin_token.as_deref()),
+                grpc::AdminAuth::new(self.security.admin_token.as_ref().map(Secret::expose)),
             ))
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                settle_security::listen::incoming(listener, self.security.tls.clone()),
+                shutdown,
+            )
             .await;
 
         let _ = stop_recovery.send(true);
@@ -296,7 +309,12 @@ impl Coordinator {
     pub async fn spawn(self, addr: SocketAddr) -> Result<Running, Error> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        check_admin_exposure(addr, self.admin_token.as_deref())?;
+        self.security.check_exposure(addr).map_err(Error::Config)?;
+        let scheme = if self.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let metrics_addr = self.metrics_addr();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(self.serve(listener, async move {
@@ -304,6 +322,7 @@ impl Coordinator {
         }));
         Ok(Running {
             addr,
+            scheme,
             metrics_addr,
             stop,
             task,
@@ -315,6 +334,7 @@ impl Coordinator {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    scheme: &'static str,
     metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), Error>>,
@@ -331,9 +351,9 @@ impl Running {
         self.metrics_addr
     }
 
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR`, or `https://ADDR` with TLS, for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Shuts down gracefully and waits until it has.
@@ -343,18 +363,6 @@ impl Running {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
-}
-
-/// Refuses to expose the Admin API beyond this host without a token: anyone who can reach
-/// it could otherwise abort or resolve transactions.
-pub fn check_admin_exposure(addr: SocketAddr, admin_token: Option<&str>) -> Result<(), Error> {
-    if admin_token.is_none() && !addr.ip().is_loopback() {
-        return Err(Error::Config(format!(
-            "refusing to serve the Admin API on non-loopback address {addr} without an admin \
-             token: set --admin-token (SETTLE_ADMIN_TOKEN) or listen on 127.0.0.1"
-        )));
-    }
-    Ok(())
 }
 
 /// The token travels in an HTTP header, so it must be visible ASCII.
@@ -376,11 +384,4 @@ fn instance_id() -> String {
         std::process::id(),
         rand::random::<u16>()
     )
-}
-
-/// Accepted connections with Nagle's algorithm off: gRPC messages are small, and without
-/// this a reply can sit out a delayed ACK (40 ms). tonic applies its own `tcp_nodelay`
-/// setting only to listeners it binds itself.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -99,7 +99,7 @@ async fn serves_and_stops(flags: &[&str]) {
 }
 
 #[tokio::test]
-async fn settled_refuses_an_exposed_admin_api_without_a_token() {
+async fn settled_refuses_a_non_loopback_address_without_tls_and_authentication() {
     let dir = tempfile::tempdir().expect("temp dir");
     let refused = Command::new(env!("CARGO_BIN_EXE_settled"))
         .args(["--listen", "0.0.0.0:0"])
@@ -111,7 +111,9 @@ async fn settled_refuses_an_exposed_admin_api_without_a_token() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("settled: invalid configuration: refusing to serve the Admin API on non-loopback address 0.0.0.0:0"),
+        stderr.contains(
+            "settled: refusing to listen on 0.0.0.0:0 without TLS and authentication of callers"
+        ),
         "{stderr}"
     );
     assert!(
@@ -128,13 +130,26 @@ async fn settled_refuses_an_exposed_admin_api_without_a_token() {
         .await;
     assert!(exposed.is_err(), "embedded coordinators refuse too");
 
-    let mut guarded = config();
-    guarded.admin_token = Some("s3cret".to_owned());
-    let running = Coordinator::open(guarded)
+    let mut token_only = config();
+    token_only.security.admin_token = Some("s3cret".into());
+    let refused = Coordinator::open(token_only)
+        .await
+        .expect("open")
+        .spawn("0.0.0.0:0".parse().expect("addr"))
+        .await;
+    assert!(
+        refused.is_err(),
+        "an admin token alone does not protect the Coordinator API"
+    );
+
+    let mut insecure = config();
+    insecure.security.admin_token = Some("s3cret".into());
+    insecure.security.insecure = true;
+    let running = Coordinator::open(insecure)
         .await
         .expect("open")
         .spawn("0.0.0.0:0".parse().expect("addr"))
         .await
-        .expect("a token makes a non-loopback address acceptable");
+        .expect("--insecure accepts a non-loopback address");
     running.stop().await.expect("stop");
 }

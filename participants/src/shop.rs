@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use settle::{Barrier, Participant, server::Serving};
+use settle::{Barrier, Credentials, Participant, security::ServerTls, server::Serving};
 
 use crate::{inventory::Inventory, order::Orders, payment::Payment, points::Points, service};
 
@@ -27,12 +27,21 @@ pub fn database_url(template: &str, service: &str) -> String {
 }
 
 /// How a shop service is served, beyond its address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Where its `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Most calls it runs at once; Trys over it are refused (`settle::server::Serve::max_concurrent`).
     pub max_concurrent: Option<usize>,
+    /// TLS to serve with (`settle::server::Serve::tls`).
+    pub tls: Option<ServerTls>,
+    /// The coordinator's certificate name, the only caller of phase two when `tls`
+    /// verifies clients.
+    pub coordinator_identity: Option<String>,
+    /// How to reach the coordinator to register.
+    pub credentials: Credentials,
+    /// Listen beyond loopback unprotected anyway.
+    pub insecure: bool,
 }
 
 /// Serves one participant, registering it with the coordinator, as `options` say. Calls
@@ -55,7 +64,17 @@ pub async fn serve<P: Participant>(
     if let Some(n) = options.max_concurrent {
         serve = serve.max_concurrent(n);
     }
-    Ok(serve.bind(addr).await?)
+    if let Some(tls) = options.tls {
+        serve = serve.tls(tls);
+    }
+    if let Some(identity) = options.coordinator_identity {
+        serve = serve.coordinator_identity(identity);
+    }
+    Ok(serve
+        .coordinator_credentials(options.credentials)
+        .insecure(options.insecure)
+        .bind(addr)
+        .await?)
 }
 
 /// The four services, running.
@@ -80,6 +99,16 @@ impl Shop {
         coordinator: &str,
         host: std::net::IpAddr,
     ) -> Result<Shop, service::Error> {
+        Shop::start_with(database, coordinator, host, Options::default()).await
+    }
+
+    /// [`Shop::start`], each service served as `options` say.
+    pub async fn start_with(
+        database: &str,
+        coordinator: &str,
+        host: std::net::IpAddr,
+        options: Options,
+    ) -> Result<Shop, service::Error> {
         let addr = SocketAddr::new(host, 0);
         let inventory = Inventory::open(&database_url(database, INVENTORY)).await?;
         let orders = Orders::open(&database_url(database, ORDER)).await?;
@@ -92,7 +121,7 @@ impl Shop {
                 inventory.barrier(),
                 coordinator,
                 addr,
-                Options::default(),
+                options.clone(),
             )
             .await?,
             serve(
@@ -101,7 +130,7 @@ impl Shop {
                 orders.barrier(),
                 coordinator,
                 addr,
-                Options::default(),
+                options.clone(),
             )
             .await?,
             serve(
@@ -110,7 +139,7 @@ impl Shop {
                 payment.barrier(),
                 coordinator,
                 addr,
-                Options::default(),
+                options.clone(),
             )
             .await?,
             serve(
@@ -119,7 +148,7 @@ impl Shop {
                 points.barrier(),
                 coordinator,
                 addr,
-                Options::default(),
+                options.clone(),
             )
             .await?,
         ];

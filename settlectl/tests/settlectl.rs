@@ -772,7 +772,7 @@ both!(list_pages_with_an_opaque_cursor);
 async fn admin_calls_need_the_token_when_one_is_configured() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.admin_token = Some("s3cret-token".to_owned());
+    config.security.admin_token = Some("s3cret-token".into());
     let mut h = Harness::start(config).await;
     let url = h.url();
 

@@ -1,15 +1,19 @@
 //! `settled`: the Settle coordinator server.
 
-use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use settle_coordinator::{
-    Config, Coordinator, Limits,
+    Config, Coordinator, Limits, Security,
+    access::Grant,
     admission::{AdmissionConfig, DEFAULT_MAX_IN_FLIGHT},
-    check_admin_exposure,
     recovery::RecoveryConfig,
     retry::RetryPolicy,
     store::redact,
+};
+use settle_security::{
+    ClientTls, Secret, ServerTls, Tokens,
+    tls::{ClientTlsFiles, ServerTlsFiles},
 };
 use settle_telemetry::subscriber;
 use tokio::net::TcpListener;
@@ -90,6 +94,36 @@ struct Args {
     /// listening on a non-loopback address; empty means none.
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// This server's certificate chain (PEM): serve gRPC over TLS. Reloaded when the file
+    /// changes or on SIGHUP. Also the certificate presented to participants over https.
+    #[arg(long, env = "SETTLE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "SETTLE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that callers' client certificates are verified against; a
+    /// verified certificate's DNS name is the caller's name. Needs --tls-cert.
+    #[arg(long, env = "SETTLE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// CA certificates (PEM) that participants at https:// endpoints are verified against.
+    #[arg(long, env = "SETTLE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Callers' bearer tokens: a file of `TOKEN NAME` lines. With it (or --tls-client-ca)
+    /// every Coordinator call needs credentials. Reloaded when it changes or on SIGHUP.
+    #[arg(long, env = "SETTLE_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Let CALLER register participant NAME besides its own name (NAME may be `*`);
+    /// repeatable, comma-separated in the env var.
+    #[arg(
+        long = "allow-register",
+        env = "SETTLE_ALLOW_REGISTER",
+        value_delimiter = ','
+    )]
+    allow_register: Vec<Grant>,
+    /// Listen on a non-loopback address without TLS and authentication (logged as a
+    /// warning): anyone who can reach it can read payloads and begin or decide transactions.
+    #[arg(long, env = "SETTLE_INSECURE")]
+    insecure: bool,
     /// Address of the Prometheus `/metrics` listener (HTTP), or `off`.
     #[arg(long, env = "SETTLE_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = settle_telemetry::parse_listen)]
     metrics_listen: MaybeAddr,
@@ -152,10 +186,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         otlp_endpoint: args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
     })?;
 
-    let admin_token = args.admin_token.filter(|token| !token.is_empty());
-    // Before touching the database: an exposed, unprotected Admin API is a configuration
+    let security = security(&args)?;
+    // Before touching the database: an exposed, unprotected server is a configuration
     // mistake to report at once.
-    check_admin_exposure(args.listen, admin_token.as_deref())?;
+    security.check_exposure(args.listen)?;
+    #[cfg(unix)]
+    reload_on_hangup(security.clone())?;
     let config = Config {
         database: args.database.clone(),
         max_connections: args.max_connections,
@@ -179,7 +215,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .then(|| Duration::from_secs(args.retention_hours * 3600)),
             ..RecoveryConfig::default()
         },
-        admin_token,
+        security,
         metrics_listen: args.metrics_listen,
         admission: AdmissionConfig {
             max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
@@ -204,6 +240,51 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     coordinator.serve(listener, shutdown_signal()).await?;
     info!("settled stopped");
     telemetry.shutdown();
+    Ok(())
+}
+
+fn security(args: &Args) -> Result<Security, Box<dyn std::error::Error>> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let participant_tls = match &args.tls_ca {
+        Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+            ca: ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+        })?),
+        None => None,
+    };
+    Ok(Security {
+        tls,
+        tokens: args.tokens.as_ref().map(Tokens::load).transpose()?,
+        participant_tls,
+        admin_token: args
+            .admin_token
+            .clone()
+            .filter(|token| !token.is_empty())
+            .map(Secret::from),
+        grants: args.allow_register.clone(),
+        insecure: args.insecure,
+    })
+}
+
+/// SIGHUP loads every certificate, key and the tokens file again (they are also reloaded
+/// when they change), instead of ending the process.
+#[cfg(unix)]
+fn reload_on_hangup(security: Security) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP: reloading certificates and tokens");
+            security.reload();
+        }
+    });
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use settle_proto::{
     metadata,
     v1::{self as pb, admin_server},
 };
+use settle_security::auth::{bearer, constant_time_eq};
 use tonic::{Request, Response, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
@@ -61,27 +62,6 @@ impl Interceptor for AdminAuth {
             )),
         }
     }
-}
-
-/// The token of an `authorization` value using the Bearer scheme (case-insensitive, as
-/// HTTP auth schemes are).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
-}
-
-/// Compares without stopping at the first difference, so response timing does not reveal
-/// how much of a guess was right. Lengths are compared first: a token's length is not
-/// worth hiding.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 fn actor(metadata: &MetadataMap) -> Result<String, Status> {
@@ -305,13 +285,5 @@ mod tests {
     fn debug_hides_the_token() {
         let shown = format!("{:?}", AdminAuth::new(Some("s3cret")));
         assert!(!shown.contains("s3cret"), "{shown}");
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_values() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

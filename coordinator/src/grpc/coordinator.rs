@@ -4,8 +4,12 @@ use settle_proto::v1::{self as pb, coordinator_server::Coordinator};
 use tonic::{Request, Response, Status};
 use tracing::Span;
 
+use settle_security::Caller;
+
 use crate::{
+    access::Security,
     engine::Engine,
+    error::Error,
     saga::Submission,
     store::{NewBranch, saga::NewStep},
 };
@@ -14,12 +18,14 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct CoordinatorService {
     engine: Engine,
+    security: Security,
 }
 
 impl CoordinatorService {
-    /// A service handing every call to `engine`.
-    pub fn new(engine: Engine) -> CoordinatorService {
-        CoordinatorService { engine }
+    /// A service handing every call to `engine`, registrations allowed by `security`. Its
+    /// callers are authenticated by the interceptor in front of it.
+    pub fn new(engine: Engine, security: Security) -> CoordinatorService {
+        CoordinatorService { engine, security }
     }
 }
 
@@ -171,7 +177,17 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RegisterParticipantRequest>,
     ) -> Result<Response<pb::RegisterParticipantResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let req = request.into_inner();
+        if !self.security.may_register(caller.as_ref(), &req.name) {
+            return Err(Error::PermissionDenied(format!(
+                "caller {} may not register participant {:?}: a caller registers its own name, \
+                 or one granted with --allow-register",
+                caller.map_or_else(|| "(unknown)".to_owned(), |c| c.name),
+                req.name
+            ))
+            .into());
+        }
         self.engine
             .register_participant(&req.name, &req.endpoint)
             .await?;

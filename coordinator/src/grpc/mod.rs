@@ -25,6 +25,7 @@ impl From<Error> for Status {
             Error::Invalid(e) => Status::invalid_argument(e.0),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            Error::PermissionDenied(msg) => Status::permission_denied(msg),
             Error::Overloaded(e) => Status::with_error_details(
                 Code::ResourceExhausted,
                 e.to_string(),

@@ -5,7 +5,9 @@
 //! configuration), so every coordinator sharing a database knows every participant. Each
 //! instance keeps a small cache that it refreshes from the store every few seconds, which
 //! is how an endpoint change made through another instance reaches this one. Channels are
-//! created once per endpoint and connect lazily; tonic reconnects them as needed.
+//! created once per endpoint and connect lazily; tonic reconnects them as needed. An
+//! `https://` endpoint is reached over TLS, verified against `--tls-ca`, presenting the
+//! coordinator's certificate (the identity participants accept phase two from).
 //!
 //! The directory does not make calls; `participants/mod.rs` does.
 
@@ -16,8 +18,10 @@ use std::{
 };
 
 use settle_proto::v1::participant_client::ParticipantClient;
+use settle_security::{ClientTls, connect::Target};
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
 
 use crate::{
     metrics::{Metrics, ParticipantMeters},
@@ -52,26 +56,35 @@ pub struct Directory {
     store: Store,
     connect_timeout: Duration,
     concurrency: Option<usize>,
+    tls: Option<ClientTls>,
     metrics: Metrics,
     entries: RwLock<HashMap<String, Entry>>,
 }
 
 impl Directory {
     /// An empty directory backed by `store`, whose participants each take at most
-    /// `concurrency` calls at once and record into `metrics`.
+    /// `concurrency` calls at once, are reached over `tls` at `https://` endpoints, and
+    /// record into `metrics`.
     pub fn new(
         store: Store,
         connect_timeout: Duration,
         concurrency: Option<usize>,
+        tls: Option<ClientTls>,
         metrics: Metrics,
     ) -> Directory {
         Directory {
             store,
             connect_timeout,
             concurrency,
+            tls,
             metrics,
             entries: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Whether `https://` endpoints can be reached.
+    pub fn calls_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Records `name` at `endpoint` (already validated), durably, and caches it.
@@ -132,13 +145,17 @@ impl Directory {
     fn channel(&self, endpoint: &str) -> Channel {
         // Endpoints are validated before they are stored; a row written by hand that does
         // not parse still yields a channel, whose calls fail (and are retried) visibly.
-        let parsed = Endpoint::from_shared(endpoint.to_owned())
-            .unwrap_or_else(|_| Endpoint::from_static("http://invalid-endpoint.invalid"));
-        parsed
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
+        let target = Target::new(endpoint, self.tls.as_ref()).unwrap_or_else(|error| {
+            warn!(%endpoint, %error, "participant endpoint unusable");
+            Target::from(Endpoint::from_static("http://invalid-endpoint.invalid"))
+        });
+        target
+            .configure(|endpoint| {
+                endpoint
+                    .connect_timeout(self.connect_timeout)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+            })
             .connect_lazy()
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 pub use settle_proto::Op;
 use settle_proto::{metadata, v1 as pb};
+use settle_security::ClientTls;
 use settle_telemetry::trace;
 use tonic::{Code, metadata::MetadataValue};
 use tracing::{Instrument, Span, info_span};
@@ -56,17 +57,23 @@ pub struct Participants {
 impl Participants {
     /// Participants known to `store`, each call bounded by `call_timeout` (which also
     /// bounds connecting and waiting for a place), at most `concurrency` calls in flight
-    /// to each, each call recorded in `metrics`.
+    /// to each, `https://` endpoints reached with `tls`, each call recorded in `metrics`.
     pub fn new(
         store: Store,
         call_timeout: Duration,
         concurrency: Option<usize>,
+        tls: Option<ClientTls>,
         metrics: Metrics,
     ) -> Participants {
         Participants {
-            directory: Directory::new(store, call_timeout, concurrency, metrics),
+            directory: Directory::new(store, call_timeout, concurrency, tls, metrics),
             call_timeout,
         }
+    }
+
+    /// Whether `https://` endpoints can be called (a CA to verify them is configured).
+    pub fn calls_tls(&self) -> bool {
+        self.directory.calls_tls()
     }
 
     /// Records `name` at `endpoint` (already validated), durably.

@@ -1,8 +1,15 @@
 //! `settle-participants`: runs one of the shop's services, or all four.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
+use settle::{
+    Credentials,
+    security::{
+        ClientTls, Secret, ServerTls,
+        tls::{ClientTlsFiles, ServerTlsFiles},
+    },
+};
 use settle_participants::{
     inventory::Inventory,
     order::Orders,
@@ -54,6 +61,30 @@ struct Args {
     /// tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// This process's certificate chain (PEM): serve over TLS, and present it to the
+    /// coordinator when registering. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "SETTLE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "SETTLE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that callers' certificates are verified against: phase two is
+    /// then accepted only from --coordinator-identity, Try from any verified caller.
+    #[arg(long, env = "SETTLE_TLS_CLIENT_CA", requires_all = ["tls_cert", "coordinator_identity"])]
+    tls_client_ca: Option<PathBuf>,
+    /// CA certificates (PEM) that an https:// --coordinator is verified against.
+    #[arg(long, env = "SETTLE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The DNS name in the coordinator's certificate.
+    #[arg(long, env = "SETTLE_COORDINATOR_IDENTITY")]
+    coordinator_identity: Option<String>,
+    /// A bearer token (from settled's --tokens file) sent when registering.
+    #[arg(long, env = "SETTLE_COORDINATOR_TOKEN", hide_env_values = true)]
+    coordinator_token: Option<String>,
+    /// Listen on a non-loopback address without TLS that verifies callers (logged as a
+    /// warning): anyone who can reach it could Confirm or Cancel reservations.
+    #[arg(long, env = "SETTLE_INSECURE")]
+    insecure: bool,
 }
 
 /// An address or none; spelled so that clap takes it as one value with a default, not as an
@@ -66,6 +97,26 @@ fn nth(first: SocketAddr, i: usize) -> SocketAddr {
         0 => first,
         port => SocketAddr::new(first.ip(), port + i as u16),
     }
+}
+
+/// SIGHUP loads the certificates again (they are also reloaded when they change) instead
+/// of ending the process.
+#[cfg(unix)]
+fn reload_on_hangup(tls: Option<ServerTls>, client: Option<ClientTls>) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let results = [
+                tls.as_ref().map(ServerTls::reload),
+                client.as_ref().map(ClientTls::reload),
+            ];
+            for error in results.into_iter().flatten().filter_map(Result::err) {
+                tracing::warn!(%error, "reload failed; the previous certificate stays");
+            }
+            tracing::info!("SIGHUP: certificates reloaded");
+        }
+    });
+    Ok(())
 }
 
 #[tokio::main]
@@ -84,31 +135,60 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Service::Payment => vec![shop::PAYMENT],
         Service::Points => vec![shop::POINTS],
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let credentials = Credentials {
+        tls: match &args.tls_ca {
+            Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                cert: args.tls_cert.clone(),
+                key: args.tls_key.clone(),
+            })?),
+            None => None,
+        },
+        token: args
+            .coordinator_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Secret::from),
+    };
+    #[cfg(unix)]
+    reload_on_hangup(tls.clone(), credentials.tls.clone())?;
     let mut servers = Vec::new();
     for (i, name) in wanted.into_iter().enumerate() {
         let addr = nth(args.listen, i);
         let options = shop::Options {
             metrics: args.metrics_listen.map(|first| nth(first, i)),
             max_concurrent: (args.max_concurrent > 0).then_some(args.max_concurrent),
+            tls: tls.clone(),
+            coordinator_identity: args.coordinator_identity.clone(),
+            credentials: credentials.clone(),
+            insecure: args.insecure,
         };
         let url = database_url(&args.database, name);
         let c = &args.coordinator;
         let serving = match name {
             shop::INVENTORY => {
                 let s = Inventory::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
             shop::ORDER => {
                 let s = Orders::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
             shop::PAYMENT => {
                 let s = Payment::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
             _ => {
                 let s = Points::open(&url).await?;
-                shop::serve(name, s.clone(), s.barrier(), c, addr, options).await?
+                shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
         };
         println!("{name} listening on {}", serving.url());
