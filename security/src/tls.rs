@@ -145,6 +145,44 @@ impl ClientTls {
     }
 }
 
+/// The TLS files a process that serves and calls is started with (`--tls-cert`,
+/// `--tls-key`, `--tls-client-ca`, `--tls-ca`): its certificate serves, and is presented
+/// as its client certificate to the servers it calls, which it verifies against `ca`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFlags {
+    /// Its certificate chain.
+    pub cert: Option<PathBuf>,
+    /// The certificate's key.
+    pub key: Option<PathBuf>,
+    /// The CA its callers' certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// The CA the servers it calls are verified against.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// Its server TLS (with a certificate and key) and its client TLS (with a CA).
+    pub fn load(&self) -> Result<(Option<ServerTls>, Option<ClientTls>), Error> {
+        let server = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            })?),
+            _ => None,
+        };
+        let client = match &self.ca {
+            Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            })?),
+            None => None,
+        };
+        Ok((server, client))
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

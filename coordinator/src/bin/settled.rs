@@ -11,10 +11,7 @@ use settle_coordinator::{
     retry::RetryPolicy,
     store::redact,
 };
-use settle_security::{
-    ClientTls, Secret, ServerTls, Tokens,
-    tls::{ClientTlsFiles, ServerTlsFiles},
-};
+use settle_security::{Secret, Tokens, tls::TlsFlags};
 use settle_telemetry::subscriber;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -244,22 +241,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn security(args: &Args) -> Result<Security, Box<dyn std::error::Error>> {
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(ServerTls::load(ServerTlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: args.tls_client_ca.clone(),
-        })?),
-        _ => None,
-    };
-    let participant_tls = match &args.tls_ca {
-        Some(ca) => Some(ClientTls::load(ClientTlsFiles {
-            ca: ca.clone(),
-            cert: args.tls_cert.clone(),
-            key: args.tls_key.clone(),
-        })?),
-        None => None,
-    };
+    let (tls, participant_tls) = TlsFlags {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+        ca: args.tls_ca.clone(),
+    }
+    .load()?;
     Ok(Security {
         tls,
         tokens: args.tokens.as_ref().map(Tokens::load).transpose()?,

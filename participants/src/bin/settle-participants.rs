@@ -5,10 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, ValueEnum};
 use settle::{
     Credentials,
-    security::{
-        ClientTls, Secret, ServerTls,
-        tls::{ClientTlsFiles, ServerTlsFiles},
-    },
+    security::{ClientTls, Secret, ServerTls, tls::TlsFlags},
 };
 use settle_participants::{
     inventory::Inventory,
@@ -135,23 +132,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Service::Payment => vec![shop::PAYMENT],
         Service::Points => vec![shop::POINTS],
     };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(ServerTls::load(ServerTlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: args.tls_client_ca.clone(),
-        })?),
-        _ => None,
-    };
+    let (tls, client_tls) = TlsFlags {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+        ca: args.tls_ca.clone(),
+    }
+    .load()?;
     let credentials = Credentials {
-        tls: match &args.tls_ca {
-            Some(ca) => Some(ClientTls::load(ClientTlsFiles {
-                ca: ca.clone(),
-                cert: args.tls_cert.clone(),
-                key: args.tls_key.clone(),
-            })?),
-            None => None,
-        },
+        tls: client_tls,
         token: args
             .coordinator_token
             .clone()
