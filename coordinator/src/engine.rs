@@ -74,8 +74,14 @@ impl Engine {
         Ok((tx, branches))
     }
 
-    /// Records a participant's endpoint.
-    pub async fn register_participant(&self, name: &str, endpoint: &str) -> Result<()> {
+    /// Records a participant's endpoint, registered by the authenticated caller `by`
+    /// (`None`: from configuration, or callers are not authenticated).
+    pub async fn register_participant(
+        &self,
+        name: &str,
+        endpoint: &str,
+        by: Option<&str>,
+    ) -> Result<()> {
         validate::participant(name)?;
         validate::endpoint(endpoint)?;
         if endpoint.starts_with("https://") && !self.ctx.participants().calls_tls() {
@@ -84,8 +90,8 @@ impl Engine {
                  start settled with --tls-ca"
             )));
         }
-        self.ctx.participants().register(name, endpoint).await?;
-        info!(participant = name, endpoint, "participant registered");
+        self.ctx.participants().register(name, endpoint, by).await?;
+        info!(participant = name, endpoint, by, "participant registered");
         Ok(())
     }
 

@@ -193,7 +193,7 @@ impl Coordinator {
         ));
         for (name, endpoint) in &config.participants {
             engine
-                .register_participant(name, endpoint)
+                .register_participant(name, endpoint, None)
                 .await
                 .map_err(|e| Error::Config(format!("participant {name}={endpoint}: {e}")))?;
         }

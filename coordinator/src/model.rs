@@ -189,6 +189,15 @@ impl BranchStatus {
     }
 }
 
+/// Recorded as who decided an abort the coordinator took itself, when the deadline
+/// passed. Caller names cannot contain parentheses, so no caller is mistaken for it.
+pub const DEADLINE: &str = "(deadline)";
+
+/// Recorded as who decided a transaction an operator force-aborted.
+pub fn by_admin(actor: &str) -> String {
+    format!("admin:{actor}")
+}
+
 /// One row of `global_tx`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlobalTx {
@@ -227,6 +236,12 @@ pub struct GlobalTx {
     /// The W3C trace context it began in (a `traceparent` value), when the coordinator
     /// traced its Begin; phase-two calls continue it.
     pub traceparent: Option<String>,
+    /// The authenticated caller that began it (`None`: callers are not authenticated).
+    pub began_by: Option<String>,
+    /// Who decided a TCC transaction: the caller that committed or aborted it,
+    /// `(deadline)` when the coordinator aborted it at its deadline, `admin:ACTOR` for an
+    /// operator (sagas: `None`, their steps decide).
+    pub decided_by: Option<String>,
 }
 
 /// One row of `branch`.
@@ -269,6 +284,8 @@ impl GlobalTx {
             needs_attention: self.needs_attention,
             paused: self.paused,
             branches: branches.iter().map(Branch::to_proto).collect(),
+            began_by: self.began_by.clone().unwrap_or_default(),
+            decided_by: self.decided_by.clone().unwrap_or_default(),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Submission {
     pub labels: HashMap<String, String>,
     /// How long to wait for the saga to finish before answering with the status reached.
     pub wait_ms: u64,
+    /// The authenticated caller submitting it.
+    pub by: Option<String>,
 }
 
 /// What a submission produced.
@@ -90,6 +92,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
         timeout_ms,
         labels,
         wait_ms,
+        by,
     } = submission;
     let gid = if gid.is_empty() {
         id::new_gid()
@@ -116,6 +119,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
             Origin {
                 labels: &labels,
                 traceparent: trace::traceparent(&Span::current()).as_deref(),
+                began_by: by.as_deref(),
             },
             ctx.instance(),
             lease_ms,

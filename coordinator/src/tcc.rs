@@ -21,7 +21,7 @@ use crate::{
     context::Context,
     error::{Error, Result},
     id,
-    model::{Branch, BranchStatus, GlobalTx, Mode, Status},
+    model::{Branch, BranchStatus, DEADLINE, GlobalTx, Mode, Status},
     participants::{Answer, Op},
     store::{
         BranchOutcome, Decided, Escalation, Lease, NewBranch, Origin, Refusal, RegisterRefusal,
@@ -77,14 +77,16 @@ impl Tcc {
         Tcc { ctx }
     }
 
-    /// Starts a TCC transaction with its first branches (possibly none), or returns the one
-    /// that already has this gid, with its branches.
+    /// Starts a TCC transaction with its first branches (possibly none), begun by the
+    /// authenticated caller `by`, or returns the one that already has this gid, with its
+    /// branches.
     pub async fn begin(
         &self,
         gid: &str,
         timeout_ms: u64,
         labels: &HashMap<String, String>,
         branches: &[NewBranch<'_>],
+        by: Option<&str>,
     ) -> Result<Begun> {
         let chosen = !gid.is_empty();
         if chosen {
@@ -129,6 +131,7 @@ impl Tcc {
                 Origin {
                     labels: &labels,
                     traceparent: trace::traceparent(&Span::current()).as_deref(),
+                    began_by: by,
                 },
                 branches,
             )
@@ -245,15 +248,15 @@ impl Tcc {
     }
 
     /// Decides commit and drives Confirm, waiting up to `wait` for it to finish. Returns
-    /// the status reached. A repeated Commit of a committing or committed transaction
-    /// answers its current status.
-    pub async fn commit(&self, gid: &str, wait_ms: u64) -> Result<Status> {
+    /// the status reached; `by` is recorded as who decided. A repeated Commit of a
+    /// committing or committed transaction answers its current status.
+    pub async fn commit(&self, gid: &str, wait_ms: u64, by: Option<&str>) -> Result<Status> {
         validate::gid(gid)?;
         let wait = validate::wait(wait_ms)?;
         let refusal = match self
             .ctx
             .store()
-            .decide_commit(gid, self.ctx.instance(), self.ctx.lease_ms())
+            .decide_commit(gid, self.ctx.instance(), self.ctx.lease_ms(), by)
             .await?
         {
             Ok(decided) => {
@@ -280,7 +283,8 @@ impl Tcc {
             ))),
             Status::Trying => {
                 // The deadline passed: the transaction aborts, and this Commit says so.
-                self.abort(gid, "deadline passed before commit", 0).await?;
+                self.abort(gid, "deadline passed before commit", 0, Some(DEADLINE))
+                    .await?;
                 Err(Error::FailedPrecondition(format!(
                     "{gid} passed its deadline before Commit; it is being aborted"
                 )))
@@ -292,16 +296,22 @@ impl Tcc {
     }
 
     /// Decides abort and drives Cancel, waiting up to `wait` for it to finish. Returns the
-    /// status reached. A repeated Abort of an aborting or aborted transaction answers its
-    /// current status.
-    pub async fn abort(&self, gid: &str, reason: &str, wait_ms: u64) -> Result<Status> {
+    /// status reached; `by` is recorded as who decided. A repeated Abort of an aborting or
+    /// aborted transaction answers its current status.
+    pub async fn abort(
+        &self,
+        gid: &str,
+        reason: &str,
+        wait_ms: u64,
+        by: Option<&str>,
+    ) -> Result<Status> {
         validate::gid(gid)?;
         validate::text("reason", reason)?;
         let wait = validate::wait(wait_ms)?;
         match self
             .ctx
             .store()
-            .decide_abort(gid, self.ctx.instance(), self.ctx.lease_ms(), reason)
+            .decide_abort(gid, self.ctx.instance(), self.ctx.lease_ms(), reason, by)
             .await?
         {
             Ok(decided) => {
@@ -450,6 +460,7 @@ impl Tcc {
                         self.ctx.instance(),
                         self.ctx.lease_ms(),
                         "deadline passed",
+                        Some(DEADLINE),
                     )
                     .await?;
                 // A refusal means it was committed or aborted by someone else meanwhile.

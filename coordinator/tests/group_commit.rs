@@ -119,9 +119,9 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
         let store = &store;
         (0..COPIES).map(move |copy| async move {
             let decided = if copy % 2 == 0 {
-                store.decide_commit(gid, "me", 30_000).await
+                store.decide_commit(gid, "me", 30_000, None).await
             } else {
-                store.decide_abort(gid, "me", 30_000, "racing").await
+                store.decide_abort(gid, "me", 30_000, "racing", None).await
             };
             (gid.clone(), decided.expect("decide"))
         })
@@ -149,7 +149,7 @@ async fn concurrent_writes_for_one_gid_answer_as_if_one_after_the_other(backend:
         }
         leases.push((winner.lease.clone(), status));
     }
-    let unknown = store.decide_commit("group-none", "me", 30_000).await;
+    let unknown = store.decide_commit("group-none", "me", 30_000, None).await;
     assert!(matches!(unknown.expect("decide"), Err(Refusal::NotFound)));
 
     // A round that did not see every branch leaves the one it did not call PENDING and
@@ -269,7 +269,7 @@ async fn a_decision_waiting_on_a_registration_sees_its_branch() {
 
     let deciding = tokio::spawn({
         let store = store.clone();
-        async move { store.decide_commit("racing", "me", 30_000).await }
+        async move { store.decide_commit("racing", "me", 30_000, None).await }
     });
     // Until the decision waits on the registration's row lock.
     let mut watcher = sqlx::PgConnection::connect(&db.url).await.expect("connect");

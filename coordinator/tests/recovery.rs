@@ -547,8 +547,14 @@ async fn two_settled_share_a_postgres_backlog_without_calling_a_branch_twice() {
         .expect("store");
     let a = Recorder::start().await;
     let b = Recorder::start().await;
-    store.upsert_participant("a", &a.url).await.expect("a");
-    store.upsert_participant("b", &b.url).await.expect("b");
+    store
+        .upsert_participant("a", &a.url, None)
+        .await
+        .expect("a");
+    store
+        .upsert_participant("b", &b.url, None)
+        .await
+        .expect("b");
 
     // 2,000 transactions decided by an instance that died at once: all due now.
     const N: usize = 2_000;
@@ -573,7 +579,7 @@ async fn two_settled_share_a_postgres_backlog_without_calling_a_branch_twice() {
                     .await
                     .expect("begin");
                 store
-                    .decide_commit(&gid, "ghost", 0)
+                    .decide_commit(&gid, "ghost", 0, None)
                     .await
                     .expect("decide")
                     .expect("decided");

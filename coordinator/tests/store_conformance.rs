@@ -174,27 +174,27 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
 
     // Decisions: commit, commit again, abort after commit, abort, unknown.
     let answer = store
-        .decide_commit("c-1", OWNER, LEASE_MS)
+        .decide_commit("c-1", OWNER, LEASE_MS, None)
         .await
         .expect("commit");
     log.push(format!("commit c-1: {}", decided(&answer)));
     let answer = store
-        .decide_commit("c-1", OWNER, LEASE_MS)
+        .decide_commit("c-1", OWNER, LEASE_MS, None)
         .await
         .expect("commit");
     log.push(format!("commit c-1 again: {}", decided(&answer)));
     let answer = store
-        .decide_abort("c-1", OWNER, LEASE_MS, "too late")
+        .decide_abort("c-1", OWNER, LEASE_MS, "too late", None)
         .await
         .expect("abort");
     log.push(format!("abort c-1: {}", decided(&answer)));
     let answer = store
-        .decide_abort("c-2", OWNER, LEASE_MS, "buyer left")
+        .decide_abort("c-2", OWNER, LEASE_MS, "buyer left", None)
         .await
         .expect("abort");
     log.push(format!("abort c-2: {}", decided(&answer)));
     let answer = store
-        .decide_commit("nobody", OWNER, LEASE_MS)
+        .decide_commit("nobody", OWNER, LEASE_MS, None)
         .await
         .expect("commit");
     log.push(format!("commit nobody: {}", decided(&answer)));
@@ -206,9 +206,11 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
     let store = &store;
     let decisions = many.iter().map(|gid| async move {
         let answer = if gid.ends_with(['0', '2', '4', '6']) {
-            store.decide_commit(gid, OWNER, LEASE_MS).await
+            store.decide_commit(gid, OWNER, LEASE_MS, None).await
         } else {
-            store.decide_abort(gid, OWNER, LEASE_MS, "half abort").await
+            store
+                .decide_abort(gid, OWNER, LEASE_MS, "half abort", None)
+                .await
         };
         format!("decide {gid}: {}", decided(&answer.expect("decide")))
     });
@@ -227,7 +229,7 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
         tokio::task::yield_now().await;
     }
     let answer = store
-        .decide_commit("late-1", OWNER, LEASE_MS)
+        .decide_commit("late-1", OWNER, LEASE_MS, None)
         .await
         .expect("commit");
     log.push(format!("commit late-1: {}", decided(&answer)));
@@ -237,7 +239,7 @@ async fn transcript(url: &str, group_commit: bool) -> Vec<String> {
         .expect("register");
     log.push(format!("register late-2: {}", registered(&answer)));
     let answer = store
-        .decide_abort("late-1", OWNER, LEASE_MS, "deadline passed")
+        .decide_abort("late-1", OWNER, LEASE_MS, "deadline passed", None)
         .await
         .expect("abort");
     log.push(format!("abort late-1: {}", decided(&answer)));

@@ -101,6 +101,12 @@ pub fn show(output: Output, shown: &pb::ShowResponse) -> Result<(), Error> {
     if !shown.owner.is_empty() {
         fields.push(("driven by", shown.owner.clone()));
     }
+    if !tx.began_by.is_empty() {
+        fields.push(("began by", tx.began_by.clone()));
+    }
+    if !tx.decided_by.is_empty() {
+        fields.push(("decided by", tx.decided_by.clone()));
+    }
     if !tx.reason.is_empty() {
         fields.push(("reason", tx.reason.clone()));
     }

@@ -26,6 +26,10 @@ pub struct TxView {
     paused: bool,
     reason: String,
     labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    began_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_by: Option<String>,
     branches: Vec<BranchView>,
 }
 
@@ -138,6 +142,8 @@ impl TxView {
             paused: tx.paused,
             reason: tx.reason.clone(),
             labels: tx.labels.clone().into_iter().collect(),
+            began_by: (!tx.began_by.is_empty()).then(|| tx.began_by.clone()),
+            decided_by: (!tx.decided_by.is_empty()).then(|| tx.decided_by.clone()),
             branches: tx.branches.iter().map(BranchView::of).collect(),
         }
     }

@@ -1,5 +1,6 @@
 //! `settle.v1.Admin` over [`crate::admin::Admin`]: wire conversions, the acting operator's
-//! name from the `x-settle-actor` header, and
+//! name from the `x-settle-actor` header (and the client certificate's name, when the
+//! connection has a verified one), and
 //! [`AdminAuth`], the interceptor that demands `authorization: Bearer <token>` when a token
 //! is configured.
 //!
@@ -12,7 +13,10 @@ use settle_proto::{
     metadata,
     v1::{self as pb, admin_server},
 };
-use settle_security::auth::{bearer, constant_time_eq};
+use settle_security::{
+    Peer,
+    auth::{bearer, constant_time_eq},
+};
 use tonic::{Request, Response, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
@@ -64,7 +68,22 @@ impl Interceptor for AdminAuth {
     }
 }
 
-fn actor(metadata: &MetadataMap) -> Result<String, Status> {
+/// The actor an Admin call is audited under: the name it declares, and the name in its
+/// client certificate when it has one, which unlike the declaration was verified.
+fn actor<T>(request: &Request<T>) -> Result<String, Status> {
+    let declared = declared_actor(request.metadata())?;
+    let identity = request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|peer| peer.identity.as_deref());
+    Ok(match identity {
+        Some(identity) if declared == DEFAULT_ACTOR => identity.to_owned(),
+        Some(identity) => format!("{declared} via {identity}"),
+        None => declared,
+    })
+}
+
+fn declared_actor(metadata: &MetadataMap) -> Result<String, Status> {
     match metadata.get(metadata::ACTOR) {
         None => Ok(DEFAULT_ACTOR.to_owned()),
         Some(value) => {
@@ -173,7 +192,7 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = actor(&request)?;
         let req = request.into_inner();
         let outcome = self
             .admin
@@ -187,7 +206,7 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ForceAbortRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = actor(&request)?;
         let req = request.into_inner();
         let outcome = self
             .admin
@@ -201,7 +220,7 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ResolveBranchRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = actor(&request)?;
         let req = request.into_inner();
         let outcome = self
             .admin
@@ -215,7 +234,7 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = actor(&request)?;
         let req = request.into_inner();
         let outcome = self.admin.pause(&req.gid, &actor, &req.note).await?;
         Ok(admin_response(outcome))
@@ -226,7 +245,7 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = actor(&request)?;
         let req = request.into_inner();
         let outcome = self.admin.resume(&req.gid, &actor, &req.note).await?;
         Ok(admin_response(outcome))

@@ -36,6 +36,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let by = caller_name(&request);
         let req = request.into_inner();
         match pb::Mode::try_from(req.mode) {
             Ok(pb::Mode::Unspecified | pb::Mode::Tcc) => {}
@@ -63,7 +64,13 @@ impl Coordinator for CoordinatorService {
         let begun = self
             .engine
             .tcc()
-            .begin(&req.gid, req.timeout_ms, &req.labels, &branches)
+            .begin(
+                &req.gid,
+                req.timeout_ms,
+                &req.labels,
+                &branches,
+                by.as_deref(),
+            )
             .await?;
         Span::current().record("gid", begun.tx.gid.as_str());
         Ok(Response::new(pb::BeginResponse {
@@ -104,8 +111,13 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let by = caller_name(&request);
         let req = request.into_inner();
-        let status = self.engine.tcc().commit(&req.gid, req.wait_ms).await?;
+        let status = self
+            .engine
+            .tcc()
+            .commit(&req.gid, req.wait_ms, by.as_deref())
+            .await?;
         Ok(Response::new(pb::CommitResponse {
             status: status.to_proto() as i32,
         }))
@@ -116,11 +128,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
+        let by = caller_name(&request);
         let req = request.into_inner();
         let status = self
             .engine
             .tcc()
-            .abort(&req.gid, &req.reason, req.wait_ms)
+            .abort(&req.gid, &req.reason, req.wait_ms, by.as_deref())
             .await?;
         Ok(Response::new(pb::AbortResponse {
             status: status.to_proto() as i32,
@@ -141,6 +154,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
+        let by = caller_name(&request);
         let req = request.into_inner();
         let steps = req
             .steps
@@ -163,6 +177,7 @@ impl Coordinator for CoordinatorService {
                 timeout_ms: req.timeout_ms,
                 labels: req.labels,
                 wait_ms: req.wait_ms,
+                by,
             })
             .await?;
         Span::current().record("gid", submitted.gid.as_str());
@@ -189,8 +204,17 @@ impl Coordinator for CoordinatorService {
             .into());
         }
         self.engine
-            .register_participant(&req.name, &req.endpoint)
+            .register_participant(
+                &req.name,
+                &req.endpoint,
+                caller.as_ref().map(|c| c.name.as_str()),
+            )
             .await?;
         Ok(Response::new(pb::RegisterParticipantResponse {}))
     }
+}
+
+/// The authenticated caller's name, recorded as who began or decided a transaction.
+fn caller_name<T>(request: &Request<T>) -> Option<String> {
+    Caller::of(request).map(|caller| caller.name.clone())
 }

@@ -87,9 +87,15 @@ impl Directory {
         self.tls.is_some()
     }
 
-    /// Records `name` at `endpoint` (already validated), durably, and caches it.
-    pub async fn register(&self, name: &str, endpoint: &str) -> Result<Resolved, store::Error> {
-        self.store.upsert_participant(name, endpoint).await?;
+    /// Records `name` at `endpoint` (already validated), registered by `by`, durably, and
+    /// caches it.
+    pub async fn register(
+        &self,
+        name: &str,
+        endpoint: &str,
+        by: Option<&str>,
+    ) -> Result<Resolved, store::Error> {
+        self.store.upsert_participant(name, endpoint, by).await?;
         Ok(self.cache(name, endpoint))
     }
 

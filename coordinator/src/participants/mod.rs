@@ -76,9 +76,17 @@ impl Participants {
         self.directory.calls_tls()
     }
 
-    /// Records `name` at `endpoint` (already validated), durably.
-    pub async fn register(&self, name: &str, endpoint: &str) -> Result<(), store::Error> {
-        self.directory.register(name, endpoint).await.map(|_| ())
+    /// Records `name` at `endpoint` (already validated), registered by `by`, durably.
+    pub async fn register(
+        &self,
+        name: &str,
+        endpoint: &str,
+        by: Option<&str>,
+    ) -> Result<(), store::Error> {
+        self.directory
+            .register(name, endpoint, by)
+            .await
+            .map(|_| ())
     }
 
     /// The endpoint of `name`, if it is registered.

@@ -65,7 +65,7 @@ statements! {
     );
     force_abort = concat!(
         "UPDATE global_tx SET status = 'ABORTING', ", take_lease!("$2", "$3"), ", \
-             decided_at = {now}, reason = $4, updated_at = {now} \
+             decided_at = {now}, decided_by = $5, reason = $4, updated_at = {now} \
          WHERE global_tx.gid = $1 AND ", trying!(), " \
          RETURNING version"
     );
@@ -362,6 +362,7 @@ impl Store {
             .bind(owner)
             .bind(lease_ms)
             .bind(reason)
+            .bind(crate::model::by_admin(record.actor))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(version) = version else {

@@ -94,10 +94,12 @@ statements! {
              next_attempt_at = ", unless_paused!("{now}"), " \
          WHERE global_tx.owner = $1 AND ", unfinished!()
     );
-    upsert_participant = "INSERT INTO participant (name, endpoint, updated_at) \
-                          VALUES ($1, $2, {now}) \
+    upsert_participant = "INSERT INTO participant (name, endpoint, registered_by, updated_at) \
+                          VALUES ($1, $2, $3, {now}) \
                           ON CONFLICT (name) DO UPDATE \
-                          SET endpoint = excluded.endpoint, updated_at = excluded.updated_at";
+                          SET endpoint = excluded.endpoint, \
+                              registered_by = excluded.registered_by, \
+                              updated_at = excluded.updated_at";
     participant = "SELECT endpoint FROM participant WHERE name = $1";
     now = "SELECT {now}";
 }
@@ -126,14 +128,17 @@ pub struct NewBranch<'a> {
     pub payload: &'a [u8],
 }
 
-/// What a new transaction is tagged with by whoever began it: its labels, and the trace
-/// context it began in (when the coordinator traces), which phase two continues.
+/// What a new transaction is tagged with by whoever began it: its labels, the trace
+/// context it began in (when the coordinator traces), which phase two continues, and the
+/// authenticated caller.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
     /// Free-form labels, visible to operators.
     pub labels: &'a BTreeMap<String, String>,
     /// A W3C `traceparent` value.
     pub traceparent: Option<&'a str>,
+    /// The authenticated caller's name.
+    pub began_by: Option<&'a str>,
 }
 
 impl<'a> Origin<'a> {
@@ -142,6 +147,7 @@ impl<'a> Origin<'a> {
         Origin {
             labels,
             traceparent: None,
+            began_by: None,
         }
     }
 }
@@ -175,7 +181,7 @@ pub enum RegisterRefusal {
     /// No such gid.
     NotFound,
     /// Not TRYING, or past its deadline.
-    State(GlobalTx),
+    State(Box<GlobalTx>),
     /// The transaction already has the maximum number of branches.
     TooManyBranches(i64),
 }
@@ -369,6 +375,7 @@ impl Store {
             timeout_ms,
             labels,
             traceparent: origin.traceparent.map(str::to_owned),
+            began_by: origin.began_by.map(str::to_owned),
             branches: branches
                 .iter()
                 .map(|b| {
@@ -445,32 +452,35 @@ impl Store {
             Some(found) if found.status == Status::Trying && found.branch_count >= max_branches => {
                 RegisterRefusal::TooManyBranches(found.branch_count)
             }
-            Some(found) => RegisterRefusal::State(found),
+            Some(found) => RegisterRefusal::State(Box::new(found)),
         }))
     }
 
     /// Decides commit: TRYING and before the deadline → COMMITTING, owned by `owner` for
-    /// `lease_ms`. The deadline check is part of the compare-and-set. Concurrent decisions
-    /// share one commit (see [`batch`]).
+    /// `lease_ms`, recording `by` as who decided. The deadline check is part of the
+    /// compare-and-set. Concurrent decisions share one commit (see [`batch`]).
     pub async fn decide_commit(
         &self,
         gid: &str,
         owner: &str,
         lease_ms: i64,
+        by: Option<&str>,
     ) -> Result<Result<Decided, Refusal>> {
-        self.decide(gid, Status::Committing, owner, lease_ms, None)
+        self.decide(gid, Status::Committing, owner, lease_ms, None, by)
             .await
     }
 
-    /// Decides abort: TRYING → ABORTING (whatever the deadline), owned by `owner`.
+    /// Decides abort: TRYING → ABORTING (whatever the deadline), owned by `owner`,
+    /// recording `by` as who decided.
     pub async fn decide_abort(
         &self,
         gid: &str,
         owner: &str,
         lease_ms: i64,
         reason: &str,
+        by: Option<&str>,
     ) -> Result<Result<Decided, Refusal>> {
-        self.decide(gid, Status::Aborting, owner, lease_ms, Some(reason))
+        self.decide(gid, Status::Aborting, owner, lease_ms, Some(reason), by)
             .await
     }
 
@@ -481,6 +491,7 @@ impl Store {
         owner: &str,
         lease_ms: i64,
         reason: Option<&str>,
+        by: Option<&str>,
     ) -> Result<Result<Decided, Refusal>> {
         // An abort refused while the transaction is still TRYING shared its batch with an
         // earlier request for the same gid that did not decide (a Commit past the
@@ -492,6 +503,7 @@ impl Store {
                 owner: owner.to_owned(),
                 lease_ms,
                 reason: reason.map(str::to_owned),
+                by: by.map(str::to_owned),
             };
             let decided = match &self.batches {
                 Some(batches) => batches.decide(item).await?,
@@ -600,11 +612,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Records or updates a participant's endpoint.
-    pub async fn upsert_participant(&self, name: &str, endpoint: &str) -> Result<()> {
+    /// Records or updates a participant's endpoint, registered by the authenticated caller
+    /// `by`.
+    pub async fn upsert_participant(
+        &self,
+        name: &str,
+        endpoint: &str,
+        by: Option<&str>,
+    ) -> Result<()> {
         sqlx::query(self.sql.upsert_participant)
             .bind(name)
             .bind(endpoint)
+            .bind(by)
             .execute(&self.pool)
             .await?;
         Ok(())

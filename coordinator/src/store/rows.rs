@@ -38,6 +38,8 @@ pub(super) fn tx(row: &AnyRow) -> Result<GlobalTx> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         traceparent: row.try_get("traceparent")?,
+        began_by: row.try_get("began_by")?,
+        decided_by: row.try_get("decided_by")?,
     })
 }
 

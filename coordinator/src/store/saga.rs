@@ -30,9 +30,10 @@ macro_rules! deadline_passed {
 statements! {
     insert = concat!(
         "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, owner, \
-             lease_until, version, branch_count, labels, traceparent, created_at, updated_at) \
+             lease_until, version, branch_count, labels, traceparent, began_by, created_at, \
+             updated_at) \
          VALUES ($1, $2, 'RUNNING', {now} + $3, {now} + $4, $5, {now} + $4, 1, $6, $7, $8, \
-             {now}, {now}) \
+             $9, {now}, {now}) \
          ON CONFLICT (gid) DO NOTHING \
          RETURNING ", tx_columns!()
     );
@@ -214,6 +215,7 @@ impl Store {
             .bind(count)
             .bind(labels)
             .bind(origin.traceparent)
+            .bind(origin.began_by)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {

@@ -48,7 +48,7 @@ macro_rules! tx_columns {
     () => {
         "gid, mode, status, deadline, next_attempt_at, attempts, owner, version, branch_count, \
          labels, reason, needs_attention, paused, decided_at, created_at, updated_at, \
-         traceparent"
+         traceparent, began_by, decided_by"
     };
 }
 pub(super) use tx_columns;
@@ -233,14 +233,14 @@ pub(super) use room_for;
 // of `v`.
 
 /// Begin: inserts the transactions of `v` (id, mode, status, timeout_ms, labels,
-/// branch_count, traceparent) that do not exist yet, returning each one created.
+/// branch_count, traceparent, began_by) that do not exist yet, returning each one created.
 macro_rules! insert_tx_from {
     ($v:expr) => {
         concat!(
             "INSERT INTO global_tx (gid, mode, status, deadline, next_attempt_at, labels, \
-                 branch_count, traceparent, created_at, updated_at) \
+                 branch_count, traceparent, began_by, created_at, updated_at) \
              SELECT v.id, v.mode, v.status, {now} + v.timeout_ms, {now} + v.timeout_ms, \
-                 v.labels, v.branch_count, v.traceparent, {now}, {now} \
+                 v.labels, v.branch_count, v.traceparent, v.began_by, {now}, {now} \
              FROM ",
             $v,
             " AS v WHERE true ON CONFLICT (gid) DO NOTHING RETURNING ",
@@ -289,14 +289,15 @@ macro_rules! take_slots_from {
 pub(super) use take_slots_from;
 
 /// The decision: each transaction of `v` (id, to_status, lease_owner, lease_ms,
-/// abort_reason) that is decidable moves to `to_status`, leased to `lease_owner`.
+/// abort_reason, decided_by) that is decidable moves to `to_status`, leased to
+/// `lease_owner`.
 macro_rules! decide_from {
     ($v:expr, $gid_in:expr) => {
         concat!(
             "UPDATE global_tx SET status = v.to_status, ",
             $crate::store::sql::take_lease!("v.lease_owner", "v.lease_ms"),
-            ", decided_at = {now}, reason = COALESCE(v.abort_reason, reason), \
-                 updated_at = {now} \
+            ", decided_at = {now}, decided_by = v.decided_by, \
+                 reason = COALESCE(v.abort_reason, reason), updated_at = {now} \
              FROM ",
             $v,
             " AS v WHERE global_tx.gid = v.id AND global_tx.gid ",

@@ -23,7 +23,7 @@ use crate::model::{Branch, BranchStatus, GlobalTx, Mode, Status};
 statements! {
     begin = insert_tx_from!(
         "(SELECT $1 AS id, $2 AS mode, $3 AS status, $4 AS timeout_ms, $5 AS labels, \
-             $6 AS branch_count, $7 AS traceparent)"
+             $6 AS branch_count, $7 AS traceparent, $8 AS began_by)"
     );
     insert_branch = insert_branches_from!(
         "(SELECT $1 AS id, $2 AS branch_id, $3 AS participant, $4 AS action, $5 AS payload)",
@@ -32,7 +32,7 @@ statements! {
     take_slot = take_slots_from!("(SELECT $1 AS id, 1 AS n, $2 AS max_branches)", "= $1");
     decide = decide_from!(
         "(SELECT $1 AS id, $2 AS to_status, $3 AS lease_owner, $4 AS lease_ms, \
-             $5 AS abort_reason)",
+             $5 AS abort_reason, $6 AS decided_by)",
         "= $1"
     );
     finish_branch = finish_branches_from!("(SELECT $1 AS id, $2 AS branch_id, $3 AS done)", "= $1");
@@ -66,6 +66,8 @@ pub(super) struct NewTx {
     pub labels: String,
     /// The trace context it began in, when tracing.
     pub traceparent: Option<String>,
+    /// The authenticated caller that began it.
+    pub began_by: Option<String>,
     /// (participant, action, payload), numbered 1, 2, … in this order.
     pub branches: Vec<(String, String, Vec<u8>)>,
 }
@@ -91,6 +93,8 @@ pub(super) struct Decision {
     pub lease_ms: i64,
     /// Kept for an abort.
     pub reason: Option<String>,
+    /// Who decided (see `GlobalTx::decided_by`).
+    pub by: Option<String>,
 }
 
 /// A round in which every branch it called succeeded.
@@ -122,6 +126,7 @@ impl Store {
             .bind(item.labels.as_str())
             .bind(item.branches.len() as i64)
             .bind(item.traceparent.as_deref())
+            .bind(item.began_by.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -180,6 +185,7 @@ impl Store {
             .bind(item.owner.as_str())
             .bind(item.lease_ms)
             .bind(item.reason.as_deref())
+            .bind(item.by.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {

@@ -35,7 +35,7 @@ use crate::{
 macro_rules! begins {
     () => {
         "{json $1: id TEXT, mode TEXT, status TEXT, timeout_ms BIGINT, labels TEXT, \
-             branch_count BIGINT, traceparent TEXT}"
+             branch_count BIGINT, traceparent TEXT, began_by TEXT}"
     };
 }
 
@@ -50,7 +50,7 @@ macro_rules! new_branches {
 macro_rules! decisions {
     () => {
         "{json $1: id TEXT, to_status TEXT, lease_owner TEXT, lease_ms BIGINT, \
-             abort_reason TEXT}"
+             abort_reason TEXT, decided_by TEXT}"
     };
 }
 
@@ -140,6 +140,7 @@ impl Batch for Begins {
             labels: &'a str,
             branch_count: usize,
             traceparent: Option<&'a str>,
+            began_by: Option<&'a str>,
         }
         let sql = Sql::for_dialect(self.0.dialect);
         let firsts = first_of_each_gid(items, |item| &item.gid);
@@ -153,6 +154,7 @@ impl Batch for Begins {
                 labels: &item.labels,
                 branch_count: item.branches.len(),
                 traceparent: item.traceparent.as_deref(),
+                began_by: item.began_by.as_deref(),
             })
             .collect();
         let branches: Vec<BranchRow> = firsts
@@ -315,6 +317,7 @@ impl Batch for Decisions {
             lease_owner: &'a str,
             lease_ms: i64,
             abort_reason: Option<&'a str>,
+            decided_by: Option<&'a str>,
         }
         let sql = Sql::for_dialect(self.0.dialect);
         let rows: Vec<DecisionRow> = first_of_each_gid(items, |item| &item.gid)
@@ -325,6 +328,7 @@ impl Batch for Decisions {
                 lease_owner: &item.owner,
                 lease_ms: item.lease_ms,
                 abort_reason: item.reason.as_deref(),
+                decided_by: item.by.as_deref(),
             })
             .collect();
         let rows = to_json(&rows)?;
