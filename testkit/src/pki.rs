@@ -1,10 +1,12 @@
 //! Certificates made at test time: a [`Pki`] is a CA in a temporary directory that issues
 //! certificates for names (valid for the name, `localhost` and 127.0.0.1, usable by servers
-//! and clients alike), and the TLS settings of `settle_security` built from them.
+//! and clients alike), and the TLS settings of `settle_security` built from them; and which
+//! certificate a server presents now ([`Pki::served_leaf`]), to see a rotation take effect.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use rcgen::{
@@ -16,6 +18,13 @@ use settle_security::{
     tls::{ClientTlsFiles, ServerTlsFiles},
 };
 use tempfile::TempDir;
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    },
+};
 
 /// A test CA and the files it wrote.
 pub struct Pki {
@@ -39,6 +48,15 @@ pub struct Issued {
     pub cert: PathBuf,
     /// Its key (PEM).
     pub key: PathBuf,
+}
+
+impl Issued {
+    /// The certificate, DER-encoded, as a server presents it.
+    pub fn der(&self) -> Vec<u8> {
+        CertificateDer::from_pem_file(&self.cert)
+            .expect("certificate file")
+            .to_vec()
+    }
 }
 
 impl Pki {
@@ -66,6 +84,29 @@ impl Pki {
     /// The CA certificate's file.
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The leaf certificate (DER) the TLS server at `addr` presents to a new connection.
+    pub async fn served_leaf(&self, addr: SocketAddr) -> Vec<u8> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.ca()).expect("CA file") {
+            roots.add(cert.expect("CA certificate")).expect("CA root");
+        }
+        let config = ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::IpAddress(addr.ip().into());
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let (_, session) = tls.get_ref();
+        session.peer_certificates().expect("a certificate")[0].to_vec()
     }
 
     /// The directory the files are in.
