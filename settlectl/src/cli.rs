@@ -5,10 +5,13 @@
 //! It does not talk to the coordinator or print anything; what a parsed command does is
 //! [`crate::command`]'s, and which exit code a failure gets is [`crate::error`]'s.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use settle_proto::v1 as pb;
+use settle_security::{ClientTls, tls::ClientTlsFiles};
+
+use crate::error::Error;
 
 /// Operate a Settle coordinator: find stuck transactions, see why, and resolve them.
 #[derive(Debug, Parser)]
@@ -30,6 +33,17 @@ pub struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// The CA certificate (PEM) that an `https://` coordinator's certificate is verified
+    /// against.
+    #[arg(long, global = true, env = "SETTLE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, when the coordinator verifies them; its name
+    /// is recorded in the audit trail beside --actor.
+    #[arg(long, global = true, env = "SETTLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "SETTLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Your name in the audit trail [default: $USER].
     #[arg(long, global = true, env = "SETTLE_ACTOR")]
     actor: Option<String>,
@@ -44,6 +58,25 @@ impl Cli {
     /// The admin token; an empty one is no token.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The client TLS of `--tls-ca`, `--tls-cert` and `--tls-key`, if a CA was given.
+    pub fn tls(&self) -> Result<Option<ClientTls>, Error> {
+        let Some(ca) = &self.tls_ca else {
+            return match self.tls_cert {
+                Some(_) => Err(Error::Usage(
+                    "--tls-cert needs --tls-ca, the CA of the coordinator's certificate".to_owned(),
+                )),
+                None => Ok(None),
+            };
+        };
+        ClientTls::load(ClientTlsFiles {
+            ca: ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
+        .map(Some)
+        .map_err(|error| Error::Usage(error.to_string()))
     }
 
     /// The operator's name: `--actor`, else `$USER`; an empty one leaves the choice to the

@@ -1,6 +1,7 @@
-//! The connection to the coordinator's Admin service: one gRPC channel, and requests that
-//! carry the admin token (`authorization: Bearer …`) and the operator's name
-//! (`x-settle-actor`) under the keys `settle_proto::metadata` fixes for both sides.
+//! The connection to the coordinator's Admin service: one gRPC channel (over TLS for an
+//! `https://` coordinator, with `settle_security`'s client TLS), and requests that carry
+//! the admin token (`authorization: Bearer …`) and the operator's name (`x-settle-actor`)
+//! under the keys `settle_proto::metadata` fixes for both sides.
 //!
 //! It does not know any subcommand or check any rule: it connects, and dresses requests.
 //! Whether the token is right, and what the actor may do, is the coordinator's to say.
@@ -8,10 +9,11 @@
 use std::time::Duration;
 
 use settle_proto::{metadata, v1::admin_client::AdminClient};
+use settle_security::{ClientTls, connect::Target};
 use tonic::{
     Request,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 
 use crate::error::{Error, error_chain};
@@ -24,10 +26,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `coordinator`. A token or actor that cannot travel as metadata is a
-    /// usage error, found before connecting.
+    /// Connects to `coordinator`, over `tls` when it is `https://`. A token or actor that
+    /// cannot travel as metadata is a usage error, found before connecting.
     pub async fn connect(
         coordinator: &str,
+        tls: Option<&ClientTls>,
         token: Option<&str>,
         actor: Option<String>,
     ) -> Result<Client, Error> {
@@ -45,22 +48,18 @@ impl Client {
                 })?),
                 None => None,
             };
-        let endpoint = Endpoint::from_shared(coordinator.to_owned())
-            .map_err(|_| {
-                Error::Usage(format!(
-                    "--coordinator {coordinator:?} is not a URL like http://127.0.0.1:50051"
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            // Longer than the longest wait a command may ask the coordinator for.
-            .timeout(Duration::from_secs(90));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| Error::Unreachable {
-                url: coordinator.to_owned(),
-                reason: error_chain(&error),
-            })?;
+        let target = Target::new(coordinator, tls)
+            .map_err(|error| Error::Usage(format!("--coordinator: {error}")))?
+            .configure(|endpoint| {
+                endpoint
+                    .connect_timeout(Duration::from_secs(5))
+                    // Longer than the longest wait a command may ask the coordinator for.
+                    .timeout(Duration::from_secs(90))
+            });
+        let channel = target.connect().await.map_err(|error| Error::Unreachable {
+            url: coordinator.to_owned(),
+            reason: error_chain(&error),
+        })?;
         Ok(Client {
             // Show carries branch payloads, up to 64 branches of 64 KiB by default.
             admin: AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),

@@ -16,7 +16,9 @@ use crate::{
 };
 
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let mut client = Client::connect(&cli.coordinator, cli.token(), cli.actor()).await?;
+    let tls = cli.tls()?;
+    let mut client =
+        Client::connect(&cli.coordinator, tls.as_ref(), cli.token(), cli.actor()).await?;
     let output = cli.output;
     match &cli.command {
         Command::List(args) => {

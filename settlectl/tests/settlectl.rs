@@ -3,7 +3,7 @@
 //! SQLite and PostgreSQL: a commit stuck on a failing Confirm shows in `list` and `stats`,
 //! `show` says why, `resolve` finishes it and the audit trail records who did; `retry` runs
 //! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
-//! and token rules.
+//! token rules; and TLS, with the operator's certificate in the audit trail.
 //!
 //! The databases and the recording participants come from `settle-testkit`; only tests in
 //! this package can run the `settlectl` binary.
@@ -15,11 +15,12 @@ use std::{
 
 use serde_json::Value;
 use settle_coordinator::{
-    Config, Coordinator, Running, engine::Engine, model::Status, recovery::RecoveryConfig,
-    recovery::RecoveryLoop,
+    Config, Coordinator, Running, Security, engine::Engine, model::Status,
+    recovery::RecoveryConfig, recovery::RecoveryLoop,
 };
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
-use settle_testkit::{Answer, Backend, Recorder, TestDb, both};
+use settle_security::connect::Target;
+use settle_testkit::{Answer, Backend, Pki, Recorder, TestDb, both};
 use tonic::transport::Channel;
 
 /// The test kit's settings, with escalation after two failed rounds.
@@ -214,6 +215,9 @@ async fn settlectl_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         .env_remove("SETTLE_ADMIN_TOKEN")
         .env_remove("SETTLE_COORDINATOR")
         .env_remove("SETTLE_ACTOR")
+        .env_remove("SETTLE_TLS_CA")
+        .env_remove("SETTLE_TLS_CERT")
+        .env_remove("SETTLE_TLS_KEY")
         .env_remove("USER")
         .stdin(Stdio::null());
     for (key, value) in env {
@@ -800,6 +804,84 @@ async fn admin_calls_need_the_token_when_one_is_configured() {
         .ok();
     assert!(shown.stdout.contains("finished: committed"), "{shown:?}");
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settlectl_speaks_tls_and_the_audit_trail_names_its_certificate() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let pki = Pki::new("settle test CA");
+    let mut config = test_config(&db.url);
+    config.security = Security {
+        tls: Some(pki.server("coordinator")),
+        admin_token: Some("s3cret-token".into()),
+        ..Security::default()
+    };
+    let running = settle_testkit::start_coordinator(config).await;
+    let url = running.url();
+    let channel = Target::new(&url, Some(&pki.client(Some("checkout"))))
+        .expect("target")
+        .connect()
+        .await
+        .expect("connect");
+    CoordinatorClient::new(channel)
+        .begin(pb::BeginRequest {
+            gid: "cart-1".to_owned(),
+            timeout_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .expect("begin");
+
+    let ops = pki.issue("ops");
+    let (ca, cert, key) = (
+        pki.ca().display().to_string(),
+        ops.cert.display().to_string(),
+        ops.key.display().to_string(),
+    );
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let with = |args: &[&'static str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--token", "s3cret-token", "--actor", "carol"]);
+        all.extend(tls);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = async |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        settlectl(&url, &args).await
+    };
+    run(with(&["abort", "cart-1", "--note", "stuck"]))
+        .await
+        .ok();
+    let shown = run(with(&["show", "cart-1", "--output", "json"]))
+        .await
+        .ok()
+        .json();
+    assert_eq!(shown["transaction"]["status"], "ABORTED", "{shown}");
+    assert_eq!(shown["transaction"]["began_by"], "checkout", "{shown}");
+    assert_eq!(
+        shown["transaction"]["decided_by"], "admin:carol via ops",
+        "{shown}"
+    );
+    assert_eq!(shown["audit"][0]["actor"], "carol via ops", "{shown}");
+    let table = run(with(&["show", "cart-1"])).await.ok();
+    assert!(table.stdout.contains("began by"), "{table:?}");
+
+    settlectl(&url, &["stats", "--token", "s3cret-token"])
+        .await
+        .fails(2, "no CA was given to verify it (--tls-ca)");
+    settlectl(
+        &url,
+        &[
+            "stats",
+            "--tls-ca",
+            &pki.ca().display().to_string(),
+            "--tls-cert",
+            &cert,
+        ],
+    )
+    .await
+    .usage("--tls-key");
+    running.stop().await.expect("stop");
 }
 
 #[tokio::test]
