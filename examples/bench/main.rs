@@ -20,6 +20,8 @@
 //!   against the four shop services, each on its own database, with enough stock and a
 //!   distinct funded buyer per purchase.
 //!
+//! `--tls` runs every hop over mutual TLS, as `settled --tls-cert … --tls-client-ca …` does.
+//!
 //! The coordinator runs in this process by default; `--external` starts the `settled` binary
 //! found next to this executable (`target/release/settled` for a release build; it is built
 //! with `cargo build --release -p settle-coordinator --bin settled` when missing).
@@ -44,7 +46,8 @@ mod workload;
 use std::{error::Error, path::PathBuf, sync::Arc};
 
 use clap::{ArgAction, Parser, ValueEnum};
-use settle::Client;
+use settle::{Client, Credentials};
+use settle_testkit::Pki;
 use sqlx::{Connection, Executor};
 
 use crate::{
@@ -57,6 +60,15 @@ use crate::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// With --tls: the coordinator's certificate name, which participants accept phase two
+/// from.
+const COORDINATOR: &str = "coordinator";
+/// With --tls: the name in the clients' certificates, allowed to register every
+/// participant name.
+const CLIENT: &str = "bench";
+/// With --tls: the name in the participants' certificates.
+const PARTICIPANT: &str = "participant";
 
 /// Load generator for the Settle coordinator.
 #[derive(Debug, Parser)]
@@ -144,6 +156,11 @@ struct Args {
     /// `{db_prefix}_{service}` with --postgres-admin, else SQLite files in the temp dir.
     #[arg(long)]
     shop_store: Option<String>,
+    /// Mutual TLS on every hop, with certificates from a CA made for the run: the clients
+    /// and the participants are known to the coordinator by their certificates, and the
+    /// coordinator to the participants by its.
+    #[arg(long, conflicts_with = "rate")]
+    tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -226,13 +243,18 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         "postgres"
     };
 
-    let (coordinator, url) = CoordinatorHandle::start(args, &store).await?;
+    let pki = args.tls.then(|| Pki::new("settle bench CA"));
+    let (coordinator, url) = CoordinatorHandle::start(args, &store, pki.as_ref()).await?;
+    let credentials = Credentials {
+        tls: pki.as_ref().map(|pki| pki.client(Some(CLIENT))),
+        token: None,
+    };
     let mut clients = Vec::with_capacity(args.connections);
     // An open loop measures refusals: a refused start is not tried again.
     let start_tries = if args.rate.is_some() { 1 } else { 5 };
     for _ in 0..args.connections {
         clients.push(
-            Client::connect(url.clone())
+            Client::connect_with(url.clone(), credentials.clone())
                 .await?
                 .with_start_tries(start_tries),
         );
@@ -243,7 +265,16 @@ async fn bench(args: &Args, prefix: &str, fresh: &mut Vec<String>) -> Result<()>
         workload,
         servers,
         shop,
-    } = workload::prepare(args, &clients[0], &url, dir.path(), prefix, fresh).await?;
+    } = workload::prepare(
+        args,
+        &clients[0],
+        &url,
+        pki.as_ref(),
+        dir.path(),
+        prefix,
+        fresh,
+    )
+    .await?;
 
     let workload = Arc::new(workload);
     let report = match args.rate {

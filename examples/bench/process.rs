@@ -14,9 +14,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use settle_coordinator::{Config, Coordinator, Running};
+use settle_coordinator::{Config, Coordinator, Running, Security};
+use settle_testkit::Pki;
 
-use crate::{Args, Result};
+use crate::{Args, CLIENT, COORDINATOR, Result};
 
 /// The coordinator under test.
 pub enum CoordinatorHandle {
@@ -25,10 +26,15 @@ pub enum CoordinatorHandle {
 }
 
 impl CoordinatorHandle {
-    /// Starts the coordinator on `store` as `args` say; returns it and its URL.
-    pub async fn start(args: &Args, store: &str) -> Result<(CoordinatorHandle, String)> {
+    /// Starts the coordinator on `store` as `args` say, over mutual TLS with certificates
+    /// from `pki` when given; returns it and its URL.
+    pub async fn start(
+        args: &Args,
+        store: &str,
+        pki: Option<&Pki>,
+    ) -> Result<(CoordinatorHandle, String)> {
         if args.external {
-            let settled = Settled::start(args, store)?;
+            let settled = Settled::start(args, store, pki)?;
             let url = settled.url.clone();
             Ok((CoordinatorHandle::External(settled), url))
         } else {
@@ -38,6 +44,14 @@ impl CoordinatorHandle {
             };
             if let Some(n) = args.max_connections {
                 config.max_connections = n;
+            }
+            if let Some(pki) = pki {
+                config.security = Security {
+                    tls: Some(pki.server(COORDINATOR)),
+                    participant_tls: Some(pki.client(Some(COORDINATOR))),
+                    grants: vec![format!("{CLIENT}=*").parse()?],
+                    ..Security::default()
+                };
             }
             let running = Coordinator::open(config)
                 .await?
@@ -94,7 +108,7 @@ pub struct Settled {
 }
 
 impl Settled {
-    fn start(args: &Args, store: &str) -> Result<Settled> {
+    fn start(args: &Args, store: &str, pki: Option<&Pki>) -> Result<Settled> {
         let binary = match &args.settled {
             Some(path) => path.clone(),
             None => find_settled()?,
@@ -108,6 +122,19 @@ impl Settled {
             .stderr(Stdio::inherit());
         if let Some(n) = args.max_connections {
             command.args(["--max-connections", &n.to_string()]);
+        }
+        if let Some(pki) = pki {
+            let issued = pki.issue(COORDINATOR);
+            command
+                .arg("--tls-cert")
+                .arg(&issued.cert)
+                .arg("--tls-key")
+                .arg(&issued.key)
+                .arg("--tls-client-ca")
+                .arg(pki.ca())
+                .arg("--tls-ca")
+                .arg(pki.ca())
+                .arg(format!("--allow-register={CLIENT}=*"));
         }
         command.args(&args.settled_args);
         let mut child = command
@@ -126,7 +153,8 @@ impl Settled {
             .trim()
             .strip_prefix("settled listening on ")
             .ok_or_else(|| format!("settled did not start; it said {first:?}"))?;
-        settled.url = format!("http://{}", addr.parse::<SocketAddr>()?);
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        settled.url = format!("{scheme}://{}", addr.parse::<SocketAddr>()?);
         let mut second = String::new();
         lines.read_line(&mut second)?;
         settled.metrics = settle_testkit::settled_metrics_addr(&second);

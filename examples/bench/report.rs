@@ -57,11 +57,16 @@ impl Report {
         let secs = self.window.as_secs_f64();
         println!("workload     {workload}");
         println!(
-            "coordinator  {store}, {}",
+            "coordinator  {store}, {}{}",
             if args.external {
                 "separate settled process"
             } else {
                 "in this process"
+            },
+            if args.tls {
+                ", mutual TLS on every hop"
+            } else {
+                ""
             }
         );
         match &self.open_loop {
@@ -137,6 +142,7 @@ impl Report {
             "mode": args.mode.as_str(),
             "store": store,
             "external": args.external,
+            "tls": args.tls,
             "branches": if args.mode == Mode::Noop { args.branches } else { settle_participants::shop::SERVICES.len() },
             // The shop's purchase flow decides for itself (settle_participants::flows).
             "batched": (args.mode == Mode::Noop).then_some(args.batched),

@@ -17,13 +17,15 @@ use std::{
 
 use bytes::Bytes;
 use settle::{
-    Client,
+    Client, Credentials,
     client::{BeginOptions, BranchSpec, Status},
+    security::ServerTls,
 };
 use settle_participants::{
     Shop,
     flows::{self, Outcome, Purchase},
     invariants::{self, Opening},
+    shop,
 };
 use settle_proto::v1::{
     self as pb,
@@ -31,7 +33,9 @@ use settle_proto::v1::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{Args, Mode, Result};
+use settle_testkit::Pki;
+
+use crate::{Args, CLIENT, COORDINATOR, Mode, PARTICIPANT, Result};
 
 /// A workload ready to run, and what keeps its participants up until the end.
 pub struct Prepared {
@@ -49,6 +53,7 @@ pub async fn prepare(
     args: &Args,
     client: &Client,
     url: &str,
+    pki: Option<&Pki>,
     dir: &Path,
     prefix: &str,
     fresh: &mut Vec<String>,
@@ -60,13 +65,14 @@ pub async fn prepare(
             let mut names = Vec::new();
             for i in 0..args.branches {
                 let name = format!("p{i}");
-                let (endpoint, server) = noop_participant().await?;
+                let (endpoint, server) =
+                    noop_participant(pki.map(|pki| pki.server(PARTICIPANT))).await?;
                 client
                     .coordinator()
-                    .register_participant(pb::RegisterParticipantRequest {
+                    .register_participant(client.request(pb::RegisterParticipantRequest {
                         name: name.clone(),
                         endpoint,
-                    })
+                    }))
                     .await?;
                 servers.push(server);
                 names.push(name);
@@ -92,7 +98,25 @@ pub async fn prepare(
                 }
                 (None, None) => format!("sqlite://{}/{{service}}.db", dir.display()),
             };
-            let started = Shop::start(&template, url, std::net::Ipv4Addr::LOCALHOST.into()).await?;
+            let options = match pki {
+                Some(pki) => shop::Options {
+                    tls: Some(pki.server(PARTICIPANT)),
+                    coordinator_identity: Some(COORDINATOR.to_owned()),
+                    credentials: Credentials {
+                        tls: Some(pki.client(Some(CLIENT))),
+                        token: None,
+                    },
+                    ..shop::Options::default()
+                },
+                None => shop::Options::default(),
+            };
+            let started = Shop::start_with(
+                &template,
+                url,
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                options,
+            )
+            .await?;
             let skus = args.skus.max(1);
             for s in 0..skus {
                 started
@@ -327,22 +351,33 @@ impl Participant for Noop {
     }
 }
 
-/// Serves a [`Noop`] participant on a free local port; returns its URL. Accepted connections
-/// get TCP_NODELAY (tonic applies its own setting only to listeners it binds), or small
-/// replies could wait out a delayed ACK.
-async fn noop_participant() -> Result<(String, tokio::task::JoinHandle<()>)> {
+/// Serves a [`Noop`] participant on a free local port, over `tls` when given; returns its
+/// URL. Accepted connections get TCP_NODELAY (tonic applies its own setting only to
+/// listeners it binds), or small replies could wait out a delayed ACK.
+async fn noop_participant(tls: Option<ServerTls>) -> Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let server = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(ParticipantServer::new(Noop))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
+        let server = tonic::transport::Server::builder().add_service(ParticipantServer::new(Noop));
+        let served = match tls {
+            Some(tls) => {
+                server
+                    .serve_with_incoming(settle::security::listen::incoming(listener, Some(tls)))
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    )
+                    .await
+            }
+        };
         if let Err(error) = served {
             eprintln!("noop participant {addr} failed: {error}");
         }
     });
-    Ok((format!("http://{addr}"), server))
+    Ok((format!("{scheme}://{addr}"), server))
 }
