@@ -249,14 +249,14 @@ impl<P: Participant> Serve<P> {
         let addr = listener.local_addr()?;
         let verifies = self.tls.as_ref().is_some_and(ServerTls::verifies_clients);
         settle_security::exposure::check(
-            &self.name,
             addr,
             verifies,
             self.insecure,
             "serve with TLS that verifies client certificates (Serve::tls, \
              Serve::coordinator_identity)",
         )
-        .map_err(Error::Config)?;
+        .map_err(Error::Config)?
+        .warn(&self.name, addr);
         let callers = match (verifies, self.coordinator_identity.clone()) {
             (false, _) => None,
             (true, Some(coordinator)) => Some(Callers {

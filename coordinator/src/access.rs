@@ -12,7 +12,10 @@
 
 use std::net::SocketAddr;
 
-use settle_security::{Authenticator, Caller, ClientTls, Secret, ServerTls, Tokens, exposure};
+use settle_security::{
+    Authenticator, Caller, ClientTls, Secret, ServerTls, Tokens,
+    exposure::{self, Exposure},
+};
 use tracing::{info, warn};
 
 /// A caller allowed to register a participant name other than its own:
@@ -76,11 +79,11 @@ impl Security {
     }
 
     /// Refuses to listen on `addr` beyond loopback unless calls are encrypted and callers
-    /// authenticated, and the Admin API has its token (or `--insecure` was given).
-    pub fn check_exposure(&self, addr: SocketAddr) -> Result<(), String> {
+    /// authenticated, and the Admin API has its token (or `--insecure` was given). The
+    /// answer says whether to warn of an insecure exposure once serving.
+    pub fn check_exposure(&self, addr: SocketAddr) -> Result<Exposure, String> {
         let protected = self.tls.is_some() && self.authenticator().is_required();
-        exposure::check(
-            "settled",
+        let exposure = exposure::check(
             addr,
             protected,
             self.insecure,
@@ -92,7 +95,7 @@ impl Security {
                  admin token: set --admin-token (SETTLE_ADMIN_TOKEN) or listen on 127.0.0.1"
             ));
         }
-        Ok(())
+        Ok(exposure)
     }
 
     /// Whether `caller` may register (or move) the participant `name`: its own name, or one

@@ -228,9 +228,11 @@ impl Coordinator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        let addr = listener.local_addr()?;
         self.security
-            .check_exposure(listener.local_addr()?)
-            .map_err(Error::Config)?;
+            .check_exposure(addr)
+            .map_err(Error::Config)?
+            .warn("settled", addr);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<CoordinatorServer<grpc::CoordinatorService>>()
@@ -309,7 +311,8 @@ impl Coordinator {
     pub async fn spawn(self, addr: SocketAddr) -> Result<Running, Error> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        self.security.check_exposure(addr).map_err(Error::Config)?;
+        // Checked here too, so that the caller hears of a refusal; serve warns.
+        let _ = self.security.check_exposure(addr).map_err(Error::Config)?;
         let scheme = if self.security.tls.is_some() {
             "https"
         } else {

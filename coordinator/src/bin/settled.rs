@@ -103,7 +103,8 @@ struct Args {
     #[arg(long, env = "SETTLE_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
     /// CA certificates (PEM) that participants at https:// endpoints are verified against.
-    #[arg(long, env = "SETTLE_TLS_CA")]
+    /// Needs --tls-cert, the certificate the coordinator presents to them.
+    #[arg(long, env = "SETTLE_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
     /// Callers' bearer tokens: a file of `TOKEN NAME` lines. With it (or --tls-client-ca)
     /// every Coordinator call needs credentials. Reloaded when it changes or on SIGHUP.
@@ -186,7 +187,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let security = security(&args)?;
     // Before touching the database: an exposed, unprotected server is a configuration
     // mistake to report at once.
-    security.check_exposure(args.listen)?;
+    // `serve` warns of an insecure exposure, after the first line ("settled listening on").
+    let _ = security.check_exposure(args.listen)?;
     #[cfg(unix)]
     reload_on_hangup(security.clone())?;
     let config = Config {
