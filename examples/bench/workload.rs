@@ -366,6 +366,8 @@ async fn noop_participant(tls: Option<ServerTls>) -> Result<(String, tokio::task
                     .serve_with_incoming(settle::security::listen::incoming(listener, Some(tls)))
                     .await
             }
+            // Plain, as the benches before --tls served it, so that A/Bs against them
+            // compare the coordinator alone.
             None => {
                 server
                     .serve_with_incoming(

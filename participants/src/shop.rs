@@ -42,6 +42,9 @@ pub struct Options {
     pub credentials: Credentials,
     /// Listen beyond loopback unprotected anyway.
     pub insecure: bool,
+    /// The endpoint to register instead of the listening address
+    /// (`settle::server::Serve::advertise`).
+    pub advertise: Option<String>,
 }
 
 /// Serves one participant, registering it with the coordinator, as `options` say. Calls
@@ -69,6 +72,9 @@ pub async fn serve<P: Participant>(
     }
     if let Some(identity) = options.coordinator_identity {
         serve = serve.coordinator_identity(identity);
+    }
+    if let Some(url) = options.advertise {
+        serve = serve.advertise(url);
     }
     Ok(serve
         .coordinator_credentials(options.credentials)

@@ -16,8 +16,8 @@ use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 use crate::{Error, Peer, tls::Reloading};
 
 /// A secret value (a token) that prints as `***` in `Debug`, so configurations holding one
-/// can be logged.
-#[derive(Clone, PartialEq, Eq)]
+/// can be logged. It has no `==`: tokens are compared with [`constant_time_eq`].
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -67,12 +67,6 @@ impl Caller {
     /// The caller an [`Authenticator`] found for `request`, if any.
     pub fn of<T>(request: &Request<T>) -> Option<&Caller> {
         request.extensions().get::<Caller>()
-    }
-}
-
-impl fmt::Display for Caller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
     }
 }
 

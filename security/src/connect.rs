@@ -89,11 +89,6 @@ impl Target {
         self
     }
 
-    /// Whether connections are made with TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A channel that connects on first use and reconnects as needed.
     pub fn connect_lazy(self) -> Channel {
         match self.tls {

@@ -35,14 +35,14 @@ pub struct Cli {
     token: Option<String>,
     /// The CA certificate (PEM) that an `https://` coordinator's certificate is verified
     /// against.
-    #[arg(long, global = true, env = "SETTLE_TLS_CA")]
+    #[arg(long, global = true, env = "SETTLECTL_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// A client certificate (PEM) to present, when the coordinator verifies them; its name
     /// is recorded in the audit trail beside --actor.
-    #[arg(long, global = true, env = "SETTLE_TLS_CERT", requires = "tls_key")]
+    #[arg(long, global = true, env = "SETTLECTL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The client certificate's key (PEM).
-    #[arg(long, global = true, env = "SETTLE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, global = true, env = "SETTLECTL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Your name in the audit trail [default: $USER].
     #[arg(long, global = true, env = "SETTLE_ACTOR")]

@@ -5,7 +5,8 @@
 //! is configured.
 //!
 //! The rules for what an operator may do live in `crate::admin`; whether Admin may be served
-//! at all without a token is decided when the coordinator starts (`crate::Coordinator`).
+//! at all without a token is decided when the coordinator starts
+//! (`crate::access::Security::check_exposure`).
 
 use std::sync::Arc;
 

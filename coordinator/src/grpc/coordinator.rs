@@ -1,4 +1,7 @@
-//! `settle.v1.Coordinator` over the engine: wire conversions and one tracing span per gid.
+//! `settle.v1.Coordinator` over the engine: wire conversions, one tracing span per gid, the
+//! authenticated caller handed on as who began or decided (the interceptor in front has
+//! already refused calls without credentials), and the registration policy of
+//! `crate::access` applied to RegisterParticipant.
 
 use settle_proto::v1::{self as pb, coordinator_server::Coordinator};
 use tonic::{Request, Response, Status};

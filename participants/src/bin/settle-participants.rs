@@ -82,6 +82,11 @@ struct Args {
     /// warning): anyone who can reach it could Confirm or Cancel reservations.
     #[arg(long, env = "SETTLE_INSECURE")]
     insecure: bool,
+    /// The host name (or address) the coordinator reaches this process by, registered with
+    /// each service's port instead of the --listen address (needed when listening on
+    /// 0.0.0.0; it must be in --tls-cert's names). Needs a --listen port other than 0.
+    #[arg(long, env = "SETTLE_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
 }
 
 /// An address or none; spelled so that clap takes it as one value with a default, not as an
@@ -107,10 +112,14 @@ fn reload_on_hangup(tls: Option<ServerTls>, client: Option<ClientTls>) -> std::i
                 tls.as_ref().map(ServerTls::reload),
                 client.as_ref().map(ClientTls::reload),
             ];
+            let mut reloaded = true;
             for error in results.into_iter().flatten().filter_map(Result::err) {
                 tracing::warn!(%error, "reload failed; the previous certificate stays");
+                reloaded = false;
             }
-            tracing::info!("SIGHUP: certificates reloaded");
+            if reloaded {
+                tracing::info!("SIGHUP: certificates reloaded");
+            }
         }
     });
     Ok(())
@@ -119,6 +128,9 @@ fn reload_on_hangup(tls: Option<ServerTls>, client: Option<ClientTls>) -> std::i
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if args.advertise_host.is_some() && args.listen.port() == 0 {
+        return Err("--advertise-host needs a --listen port other than 0".into());
+    }
     let telemetry = subscriber::install(subscriber::Options {
         service: "settle-participants",
         json: false,
@@ -152,7 +164,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut servers = Vec::new();
     for (i, name) in wanted.into_iter().enumerate() {
         let addr = nth(args.listen, i);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let options = shop::Options {
+            advertise: args
+                .advertise_host
+                .as_ref()
+                .map(|host| format!("{scheme}://{host}:{}", addr.port())),
             metrics: args.metrics_listen.map(|first| nth(first, i)),
             max_concurrent: (args.max_concurrent > 0).then_some(args.max_concurrent),
             tls: tls.clone(),
