@@ -215,9 +215,9 @@ async fn settlectl_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         .env_remove("SETTLE_ADMIN_TOKEN")
         .env_remove("SETTLE_COORDINATOR")
         .env_remove("SETTLE_ACTOR")
-        .env_remove("SETTLE_TLS_CA")
-        .env_remove("SETTLE_TLS_CERT")
-        .env_remove("SETTLE_TLS_KEY")
+        .env_remove("SETTLECTL_TLS_CA")
+        .env_remove("SETTLECTL_TLS_CERT")
+        .env_remove("SETTLECTL_TLS_KEY")
         .env_remove("USER")
         .stdin(Stdio::null());
     for (key, value) in env {

@@ -88,25 +88,7 @@ impl Pki {
 
     /// The leaf certificate (DER) the TLS server at `addr` presents to a new connection.
     pub async fn served_leaf(&self, addr: SocketAddr) -> Vec<u8> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(self.ca()).expect("CA file") {
-            roots.add(cert.expect("CA certificate")).expect("CA root");
-        }
-        let config = ClientConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::IpAddress(addr.ip().into());
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
-        let (_, session) = tls.get_ref();
-        session.peer_certificates().expect("a certificate")[0].to_vec()
+        served_leaf(&self.ca(), addr).await
     }
 
     /// The directory the files are in.
@@ -165,4 +147,28 @@ impl Pki {
         })
         .expect("client TLS")
     }
+}
+
+/// The leaf certificate (DER) the TLS server at `addr` presents to a new connection,
+/// verified against the CA certificates in the file `ca`.
+pub async fn served_leaf(ca: &Path, addr: SocketAddr) -> Vec<u8> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("CA root");
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    session.peer_certificates().expect("a certificate")[0].to_vec()
 }
