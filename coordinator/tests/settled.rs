@@ -85,19 +85,7 @@ async fn serves_and_stops(flags: &[&str]) {
         "default database created in the working directory"
     );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("waiter")
-        .expect("wait");
-    assert!(
-        status.success(),
-        "settled exits 0 on SIGTERM, got {status:?}"
-    );
+    stop(child).await;
 }
 
 #[tokio::test]
@@ -195,7 +183,10 @@ async fn stop(mut child: std::process::Child) {
         .await
         .expect("waiter")
         .expect("wait");
-    assert!(status.success(), "settled stopped cleanly: {status}");
+    assert!(
+        status.success(),
+        "settled exits 0 on SIGTERM, got {status:?}"
+    );
 }
 
 #[tokio::test]
