@@ -1,8 +1,9 @@
 //! The rule for where a server may listen: on loopback always; on any other address only
 //! with TLS and authentication of callers, or when told `--insecure`, which the server logs
 //! as a warning when it starts serving ([`Exposure::warn`]; checking alone logs nothing,
-//! so a check made early, before anything is printed, does not log twice). Without TLS, anyone on the network could read payloads and forge
-//! calls; without authentication, anyone could begin, decide or Confirm.
+//! so a check made early, before anything is printed, does not log twice). Without TLS,
+//! anyone on the network could read payloads and forge calls; without authentication,
+//! anyone could begin, decide or Confirm.
 
 use std::net::SocketAddr;
 
