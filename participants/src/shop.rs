@@ -45,6 +45,9 @@ pub struct Options {
     /// The endpoint to register instead of the listening address
     /// (`settle::server::Serve::advertise`).
     pub advertise: Option<String>,
+    /// The only callers whose Try is accepted (`settle::server::Serve::try_from`; default:
+    /// any caller with a verified certificate).
+    pub try_from: Option<Vec<String>>,
 }
 
 /// Serves one participant, registering it with the coordinator, as `options` say. Calls
@@ -75,6 +78,9 @@ pub async fn serve<P: Participant>(
     }
     if let Some(url) = options.advertise {
         serve = serve.advertise(url);
+    }
+    if let Some(callers) = options.try_from {
+        serve = serve.try_from(callers);
     }
     Ok(serve
         .coordinator_credentials(options.credentials)

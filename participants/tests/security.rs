@@ -1,8 +1,9 @@
 //! The shop over mutual TLS on every hop, with certificates made at test time: the
 //! initiator and the services are known to the coordinator by their certificates, the
 //! services know the coordinator by its; purchases, points-pays and a refund saga run as
-//! usual, while a caller with a valid certificate that is not the coordinator can neither
-//! drive a service's phase two nor take over a service's name; and certificates rotated
+//! usual, while a caller with a valid certificate that is neither the coordinator nor the
+//! initiator can neither Try, nor drive a service's phase two, nor take over a service's
+//! name; and certificates rotated
 //! while purchases run lose none of them.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -97,11 +98,13 @@ impl SecureShop {
     }
 
     /// Serves service `name` with its own certificate, accepting phase two from the
-    /// coordinator only, and registering with the coordinator as itself.
+    /// coordinator only and Try from the initiator `checkout` only, and registering with
+    /// the coordinator as itself.
     async fn serve(&self, name: &'static str) -> Serving {
         let options = shop::Options {
             tls: Some(self.pki.server(name)),
             coordinator_identity: Some("coordinator".to_owned()),
+            try_from: Some(vec!["checkout".to_owned()]),
             credentials: self.credentials(name),
             ..shop::Options::default()
         };
@@ -274,6 +277,11 @@ async fn only_the_coordinator_drives_phase_two(backend: Backend) {
     .connect()
     .await
     .expect("connect");
+    let refused = ParticipantClient::new(mallory.clone())
+        .r#try(confirm.clone())
+        .await
+        .expect_err("mallory is not an initiator this service takes Try from");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let refused = ParticipantClient::new(mallory.clone())
         .confirm(confirm.clone())
         .await

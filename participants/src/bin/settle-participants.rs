@@ -87,6 +87,16 @@ struct Args {
     /// 0.0.0.0; it must be in --tls-cert's names). Needs a --listen port other than 0.
     #[arg(long, env = "SETTLE_ADVERTISE_HOST")]
     advertise_host: Option<String>,
+    /// With --tls-client-ca: accept Try only from these callers (certificate names,
+    /// comma-separated), the initiators; by default any caller with a certificate from the
+    /// CA may send Try.
+    #[arg(
+        long,
+        env = "SETTLE_TRY_FROM",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    try_from: Vec<String>,
 }
 
 /// An address or none; spelled so that clap takes it as one value with a default, not as an
@@ -166,6 +176,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let addr = nth(args.listen, i);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let options = shop::Options {
+            try_from: (!args.try_from.is_empty()).then(|| args.try_from.clone()),
             advertise: args
                 .advertise_host
                 .as_ref()
