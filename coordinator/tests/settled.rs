@@ -274,15 +274,17 @@ async fn settled_serves_mutual_tls_with_the_deploy_scripts_certificates() {
         })
         .expect("client TLS from the script's files")
     };
-    let checkout = settle::Client::connect_with(
-        url.clone(),
-        settle::Credentials {
-            tls: Some(tls(Some("checkout"))),
-            token: None,
-        },
-    )
-    .await
-    .expect("connect");
+    // A client presenting `cert` (or no certificate) and `token` (or none).
+    let connect = |cert: Option<&str>, token: Option<&str>| {
+        settle::Client::connect_with(
+            url.clone(),
+            settle::Credentials {
+                tls: Some(tls(cert)),
+                token: token.map(Into::into),
+            },
+        )
+    };
+    let checkout = connect(Some("checkout"), None).await.expect("connect");
     let tx = checkout
         .begin(std::time::Duration::from_secs(10))
         .await
@@ -293,24 +295,9 @@ async fn settled_serves_mutual_tls_with_the_deploy_scripts_certificates() {
     assert_eq!(read.status(), pb::Status::Committed);
     assert_eq!(read.began_by, "checkout");
 
-    let with_token = |token: &str| {
-        settle::Client::connect_with(
-            url.clone(),
-            settle::Credentials {
-                tls: Some(tls(None)),
-                token: Some(token.into()),
-            },
-        )
-    };
-    let anonymous = settle::Client::connect_with(
-        url.clone(),
-        settle::Credentials {
-            tls: Some(tls(None)),
-            token: None,
-        },
-    )
-    .await
-    .expect("TLS without a certificate connects");
+    let anonymous = connect(None, None)
+        .await
+        .expect("TLS without a certificate connects");
     let refused = anonymous
         .begin(std::time::Duration::from_secs(10))
         .await
@@ -320,7 +307,7 @@ async fn settled_serves_mutual_tls_with_the_deploy_scripts_certificates() {
         Some(tonic::Code::Unauthenticated),
         "{refused}"
     );
-    let ops = with_token(OLD_TOKEN).await.expect("connect");
+    let ops = connect(None, Some(OLD_TOKEN)).await.expect("connect");
     ops.begin(std::time::Duration::from_secs(10))
         .await
         .expect("a token from the tokens file begins");
@@ -352,13 +339,13 @@ async fn settled_serves_mutual_tls_with_the_deploy_scripts_certificates() {
     })
     .await
     .expect("a new connection gets the new certificate");
-    with_token(NEW_TOKEN)
+    connect(None, Some(NEW_TOKEN))
         .await
         .expect("connect")
         .begin(std::time::Duration::from_secs(10))
         .await
         .expect("the new token begins");
-    let stale = with_token(OLD_TOKEN)
+    let stale = connect(None, Some(OLD_TOKEN))
         .await
         .expect("connect")
         .begin(std::time::Duration::from_secs(10))

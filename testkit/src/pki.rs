@@ -113,10 +113,7 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let issued = Issued {
-            cert: self.dir.path().join(format!("{name}.pem")),
-            key: self.dir.path().join(format!("{name}-key.pem")),
-        };
+        let issued = self.files(name);
         // The key first, then the certificate under a temporary name moved into place: a
         // reader never sees a certificate without its key.
         std::fs::write(&issued.key, key.serialize_pem()).expect("write key");
@@ -126,9 +123,28 @@ impl Pki {
         issued
     }
 
+    /// `name`'s current certificate, issued now if it has none: a server and a client of
+    /// the same name share one, and only [`Pki::issue`] replaces it.
+    fn current(&self, name: &str) -> Issued {
+        let issued = self.files(name);
+        if issued.cert.exists() {
+            issued
+        } else {
+            self.issue(name)
+        }
+    }
+
+    /// Where `name`'s certificate and key are written.
+    fn files(&self, name: &str) -> Issued {
+        Issued {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}-key.pem")),
+        }
+    }
+
     /// Server TLS for `name`'s certificate, verifying client certificates against this CA.
     pub fn server(&self, name: &str) -> ServerTls {
-        let issued = self.issue(name);
+        let issued = self.current(name);
         ServerTls::load(ServerTlsFiles {
             cert: issued.cert,
             key: issued.key,
@@ -139,7 +155,7 @@ impl Pki {
 
     /// Client TLS trusting this CA and presenting `name`'s certificate (`None`: none).
     pub fn client(&self, name: Option<&str>) -> ClientTls {
-        let issued = name.map(|name| self.issue(name));
+        let issued = name.map(|name| self.current(name));
         ClientTls::load(ClientTlsFiles {
             ca: self.ca(),
             cert: issued.as_ref().map(|i| i.cert.clone()),
