@@ -10,6 +10,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+pub use settle_proto::Op;
 use sqlx::AnyConnection;
 
 /// One call for one branch of a global transaction.
@@ -69,6 +70,25 @@ impl Error {
     }
 }
 
+/// What became of a call, as [`Participant::after`] learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The business code ran and its local transaction committed.
+    Applied,
+    /// Nothing was kept: the call was refused, failed, or shed before its transaction, or
+    /// its transaction rolled back.
+    RolledBack,
+    /// The barrier answered a repeated delivery; nothing ran.
+    Duplicate,
+    /// The barrier answered a Cancel or Compensate whose forward op never ran here.
+    EmptyRollback,
+    /// The barrier refused a Try or Execute that came after its rollback.
+    Hanging,
+    /// The commit's fate is not known (the connection broke while committing): the call
+    /// may or may not have taken effect.
+    Unknown,
+}
+
 /// A service that takes part in Settle transactions.
 ///
 /// Each method receives the branch and an open connection inside a local transaction that
@@ -80,9 +100,19 @@ pub trait Participant: Send + Sync + 'static {
     /// Accepts everything unless implemented. It runs before the barrier, so it also
     /// answers a repeated delivery of a Try that already succeeded; refuse only what the
     /// initiator would rather abort than retry (the SDK's client never repeats a Try).
-    fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
+    /// Once it accepts, [`Participant::after`] is told how the Try ended.
+    fn screen_try(&self, branch: &Branch) -> impl Future<Output = Result<(), Error>> + Send {
         let _ = branch;
-        Ok(())
+        async { Ok(()) }
+    }
+
+    /// Told how each call ended, after its local transaction committed or rolled back (a
+    /// Try only once [`Participant::screen_try`] accepted it): for state outside the
+    /// local database that must follow the call, such as a Redis copy of the stock. Does
+    /// nothing unless implemented; it cannot change the answer.
+    fn after(&self, op: Op, branch: &Branch, outcome: Outcome) -> impl Future<Output = ()> + Send {
+        let _ = (op, branch, outcome);
+        async {}
     }
 
     /// Reserves the branch's resources.
@@ -131,8 +161,12 @@ pub trait Participant: Send + Sync + 'static {
 /// A shared participant is a participant, so a service can keep an `Arc` to read its own
 /// state while [`crate::serve`] owns another.
 impl<P: Participant> Participant for std::sync::Arc<P> {
-    fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
+    fn screen_try(&self, branch: &Branch) -> impl Future<Output = Result<(), Error>> + Send {
         (**self).screen_try(branch)
+    }
+
+    fn after(&self, op: Op, branch: &Branch, outcome: Outcome) -> impl Future<Output = ()> + Send {
+        (**self).after(op, branch, outcome)
     }
 
     fn r#try(

@@ -43,7 +43,7 @@ use crate::{
     client::Credentials,
     context, db,
     metrics::{Meters, Skipped},
-    participant::{self, Branch, Participant},
+    participant::{self, Branch, Outcome, Participant},
 };
 
 /// Why serving failed.
@@ -502,11 +502,14 @@ impl Callers {
     }
 }
 
+/// A call's answer and what became of it.
+type Answered = (Result<(), Status>, Outcome);
+
 /// A call waiting for its group.
 struct Call {
     op: Op,
     branch: Branch,
-    answer: oneshot::Sender<Result<(), Status>>,
+    answer: oneshot::Sender<Answered>,
 }
 
 impl<P: Participant> ParticipantService<P> {
@@ -537,27 +540,31 @@ impl<P: Participant> ParticipantService<P> {
         if op == Op::Try {
             self.participant
                 .screen_try(&branch)
+                .await
                 .map_err(participant_status)?;
         }
+        let (answer, outcome) = self.admitted(op, &branch).await;
+        self.participant.after(op, &branch, outcome).await;
+        answer
+    }
+
+    /// Runs a call past the screen: takes a place, then runs it alone or in a group.
+    async fn admitted(&self, op: Op, branch: &Branch) -> Answered {
         let _slot = match &self.slots {
             None => None,
-            Some((slots, n)) if op == Op::Try => Some(
-                slots
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| shed(format!("all {n} places for calls are taken")))?,
-            ),
-            Some((slots, _)) => Some(
-                slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Status::unavailable("the participant is shutting down"))?,
-            ),
+            Some((slots, n)) if op == Op::Try => Some(match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => return not_run(shed(format!("all {n} places for calls are taken"))),
+            }),
+            Some((slots, _)) => match slots.clone().acquire_owned().await {
+                Ok(slot) => Some(slot),
+                Err(_) => return not_run(Status::unavailable("the participant is shutting down")),
+            },
         };
         match &self.calls {
             Some(calls) => {
                 let (answer, answered) = oneshot::channel();
+                let branch = branch.clone();
                 let call = Call { op, branch, answer };
                 let queued = if op == Op::Try {
                     calls.try_send(call).map_err(|error| match error {
@@ -574,18 +581,26 @@ impl<P: Participant> ParticipantService<P> {
                         .await
                         .map_err(|_| Status::unavailable("the participant is shutting down"))
                 };
-                queued?;
-                answered.await.map_err(|_| {
-                    Status::unavailable("the participant stopped before answering this call")
-                })??;
+                if let Err(status) = queued {
+                    return not_run(status);
+                }
+                // A dropped answer means the group task panicked or stopped mid-group.
+                answered.await.unwrap_or_else(|_| {
+                    let stopped = "the participant stopped before answering this call";
+                    (Err(Status::unavailable(stopped)), Outcome::Unknown)
+                })
             }
             None => {
                 let meters = self.meters.as_deref();
-                alone(&*self.participant, &self.barrier, meters, op, &branch).await?
+                alone(&*self.participant, &self.barrier, meters, op, branch).await
             }
         }
-        Ok(())
     }
+}
+
+/// The answer of a call that never reached its transaction.
+fn not_run(status: Status) -> Answered {
+    (Err(status), Outcome::RolledBack)
 }
 
 /// The refusal of a Try shed for load: `ABORTED`, so that its initiator aborts at once.
@@ -600,11 +615,11 @@ async fn alone<P: Participant>(
     meters: Option<&Meters>,
     op: Op,
     branch: &Branch,
-) -> Result<(), Status> {
-    let entry = barrier
-        .enter(op, &branch.gid, branch.branch_id)
-        .await
-        .map_err(barrier_status)?;
+) -> Answered {
+    let entry = match barrier.enter(op, &branch.gid, branch.branch_id).await {
+        Ok(entry) => entry,
+        Err(error) => return not_run(barrier_status(error)),
+    };
     let mut guarded = match entry {
         Entry::Proceed(guarded) => guarded,
         Entry::Duplicate => return skip(meters, Skipped::Duplicate, Ok(())),
@@ -612,12 +627,15 @@ async fn alone<P: Participant>(
         Entry::Hanging => return skip(meters, Skipped::HangingTry, Err(hanging(op))),
     };
     match run(participant, op, branch, guarded.conn()).await {
-        Ok(()) => guarded.commit().await.map_err(barrier_status),
+        Ok(()) => match guarded.commit().await {
+            Ok(()) => (Ok(()), Outcome::Applied),
+            Err(error) => (Err(barrier_status(error)), Outcome::Unknown),
+        },
         Err(error) => {
             // Dropping would roll back too; doing it explicitly returns the connection
             // to the pool in a known state.
             let _ = guarded.rollback().await;
-            Err(participant_status(error))
+            not_run(participant_status(error))
         }
     }
 }
@@ -670,13 +688,13 @@ async fn settle_group<P: Participant>(
                     if let (Some(meters), Some(skipped)) = (meters, skipped) {
                         meters.skipped(skipped);
                     }
-                    let _ = call.answer.send(answer);
+                    let _ = call.answer.send((answer, outcome_of(skipped)));
                 }
                 return;
             }
             Together::CallFailed(index, status) => {
                 let failed = calls.remove(index);
-                let _ = failed.answer.send(Err(status));
+                let _ = failed.answer.send(not_run(status));
                 if calls.is_empty() {
                     return;
                 }
@@ -755,11 +773,21 @@ async fn run<P: Participant>(
 }
 
 /// Counts a call the barrier answered, and answers it.
-fn skip(meters: Option<&Meters>, why: Skipped, answer: Result<(), Status>) -> Result<(), Status> {
+fn skip(meters: Option<&Meters>, why: Skipped, answer: Result<(), Status>) -> Answered {
     if let Some(meters) = meters {
         meters.skipped(why);
     }
-    answer
+    (answer, outcome_of(Some(why)))
+}
+
+/// What became of a committed call, from what the barrier did with it.
+fn outcome_of(skipped: Option<Skipped>) -> Outcome {
+    match skipped {
+        None => Outcome::Applied,
+        Some(Skipped::Duplicate) => Outcome::Duplicate,
+        Some(Skipped::EmptyRollback) => Outcome::EmptyRollback,
+        Some(Skipped::HangingTry) => Outcome::Hanging,
+    }
 }
 
 fn hanging(op: Op) -> Status {
