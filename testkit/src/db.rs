@@ -72,7 +72,7 @@ pub async fn fresh_database(admin: &str, name: &str) -> Result<String, sqlx::Err
 pub struct TestDb {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
+    pg_names: Vec<String>,
 }
 
 impl TestDb {
@@ -84,7 +84,7 @@ impl TestDb {
                 TestDb {
                     url,
                     _dir: Some(dir),
-                    pg_name: None,
+                    pg_names: Vec::new(),
                 }
             }
             Backend::Postgres => {
@@ -96,7 +96,41 @@ impl TestDb {
                 TestDb {
                     url,
                     _dir: None,
-                    pg_name: Some(name),
+                    pg_names: vec![name],
+                }
+            }
+        }
+    }
+
+    /// A database per name in `services`, as a URL template in which `{service}` stands
+    /// for the name (what `settle_participants::Shop::start` takes).
+    pub async fn per_service(backend: Backend, services: &[&str]) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}/{{service}}.db", dir.path().display());
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                    pg_names: Vec::new(),
+                }
+            }
+            Backend::Postgres => {
+                let stem = format!("settle_test_{:016x}", rand::random::<u64>());
+                let admin = postgres_admin_url();
+                let mut pg_names = Vec::new();
+                for service in services {
+                    let name = format!("{stem}_{service}");
+                    fresh_database(&admin, &name).await.unwrap_or_else(|e| {
+                        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
+                    });
+                    pg_names.push(name);
+                }
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                TestDb {
+                    url: format!("{base}/{stem}_{{service}}"),
+                    _dir: None,
+                    pg_names,
                 }
             }
         }
@@ -105,9 +139,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
+        let names = std::mem::take(&mut self.pg_names);
+        if names.is_empty() {
             return;
-        };
+        }
         let admin = postgres_admin_url();
         // Drop runs inside the test's runtime; a separate thread with its own runtime can
         // block on the cleanup.
@@ -118,11 +153,13 @@ impl Drop for TestDb {
                 .expect("runtime");
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = conn
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
+                    for name in names {
+                        let _ = conn
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .await;
+                    }
                 }
             });
         })

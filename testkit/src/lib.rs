@@ -2,7 +2,8 @@
 //! database per test and the `both!` macro that runs a test on SQLite and on PostgreSQL
 //! ([`db`]), an in-process coordinator and the calls every test makes of it
 //! ([`coordinator`]), a participant that records every call and answers as the test says
-//! ([`recorder`]), a scrape of `/metrics` ([`metrics`]), and the `stock` participant that the
+//! ([`recorder`]), a scrape of `/metrics` ([`metrics`]), real Redis with a prefix or a server of the test's own
+//! ([`redis`]), and the `stock` participant that the
 //! SDK tests drive ([`stock`]). The
 //! examples and the bench use its fresh PostgreSQL databases and `stock` too.
 //!
@@ -14,6 +15,7 @@ pub mod db;
 pub mod metrics;
 pub mod pki;
 pub mod recorder;
+pub mod redis;
 pub mod stock;
 
 pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
