@@ -38,7 +38,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> support::Result<()> {
     let args = Args::parse();
-    let embedded = Embedded::start(args.postgres.as_deref(), "settle_points_pay").await?;
+    let embedded = Embedded::start(
+        args.postgres.as_deref(),
+        "settle_points_pay",
+        Default::default(),
+    )
+    .await?;
     let (short, enough): (Vec<i64>, Vec<i64>) = (1..=args.buyers).partition(|u| u % 4 == 0);
     embedded
         .shop

@@ -41,7 +41,12 @@ const PRICE: i64 = 250;
 #[tokio::main]
 async fn main() -> support::Result<()> {
     let args = Args::parse();
-    let embedded = Embedded::start(args.postgres.as_deref(), "settle_refund").await?;
+    let embedded = Embedded::start(
+        args.postgres.as_deref(),
+        "settle_refund",
+        Default::default(),
+    )
+    .await?;
     let shop = &embedded.shop;
     let users: Vec<i64> = (1..=args.buyers).collect();
     shop.inventory.restock(SKU, args.buyers).await?;

@@ -12,6 +12,7 @@ use settle_coordinator::{Config, Coordinator, Running};
 use settle_participants::{
     Shop,
     invariants::{self, Opening},
+    shop::InventoryOptions,
 };
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -27,7 +28,12 @@ pub struct Embedded {
 impl Embedded {
     /// Starts everything; `postgres` is an admin URL on which fresh databases named
     /// `{prefix}_*` are created, otherwise SQLite files in a temporary directory are used.
-    pub async fn start(postgres: Option<&str>, prefix: &str) -> Result<Embedded> {
+    /// The inventory runs as `inventory` says.
+    pub async fn start(
+        postgres: Option<&str>,
+        prefix: &str,
+        inventory: InventoryOptions,
+    ) -> Result<Embedded> {
         let dir = tempfile::tempdir()?;
         let (coordinator_db, shop_db) = match postgres {
             Some(admin) => {
@@ -53,10 +59,12 @@ impl Embedded {
         .await?
         .spawn("127.0.0.1:0".parse()?)
         .await?;
-        let shop = Shop::start(
+        let shop = Shop::start_full(
             &shop_db,
             &coordinator.url(),
             IpAddr::V4(Ipv4Addr::LOCALHOST),
+            settle_participants::shop::Options::default(),
+            inventory,
         )
         .await?;
         let client = Client::connect(coordinator.url()).await?;

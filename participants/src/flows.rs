@@ -62,14 +62,25 @@ pub struct Purchase {
 /// registered with Begin itself to save a round trip, then creates the order, freezes the
 /// money and stages the reward together.
 pub async fn purchase(client: &Client, p: &Purchase) -> Result<Outcome, Error> {
+    purchase_via(client, p, INVENTORY).await
+}
+
+/// [`purchase`], reserving at the inventory replica registered as `inventory`
+/// ([`crate::shop::inventory_replica`]).
+pub async fn purchase_via(
+    client: &Client,
+    p: &Purchase,
+    inventory: &str,
+) -> Result<Outcome, Error> {
     let units = Units {
-        sku: p.sku.clone(),
-        qty: p.qty,
+        campaign: Some(p.campaign.clone()),
+        user_id: Some(p.user_id),
+        ..Units::new(&p.sku, p.qty)
     };
     let mut tx = client
         .begin_with(BeginOptions {
             timeout: TIMEOUT,
-            branches: vec![BranchSpec::json(INVENTORY, "reserve", &units)?],
+            branches: vec![BranchSpec::json(inventory, "reserve", &units)?],
             ..BeginOptions::default()
         })
         .await?;
@@ -179,10 +190,7 @@ pub async fn refund(client: &Client, order: &Order) -> Result<Outcome, Error> {
             let back = Refund {
                 out_trade_no: order.order_id.clone(),
             };
-            let units = Units {
-                sku: order.sku.clone(),
-                qty: order.qty,
-            };
+            let units = Units::new(&order.sku, order.qty);
             let (money, stock) = tokio::join!(
                 tx.try_branch(PAYMENT, "refund", &back),
                 tx.try_branch(INVENTORY, "restock", &units),
@@ -219,10 +227,7 @@ pub async fn refund_saga(client: &Client, order: &Order) -> Result<Outcome, saga
         let back = Refund {
             out_trade_no: order.order_id.clone(),
         };
-        let units = Units {
-            sku: order.sku.clone(),
-            qty: order.qty,
-        };
+        let units = Units::new(&order.sku, order.qty);
         saga.parallel([
             saga::Step::new(PAYMENT, "refund", &back),
             saga::Step::new(INVENTORY, "restock", &units),

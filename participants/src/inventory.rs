@@ -10,19 +10,33 @@
 //! `restock` (refund) moves sold units back through reserved to available; as a saga step
 //! it moves them straight back, and its compensation sells them again.
 //!
+//! A SKU marked hot ([`Inventory::mark_hot`]) is screened by Redis instead, when the
+//! inventory has a Redis ([`Options::redis`]): the screen takes the units there before the
+//! database is touched, the Try makes the reservation durable in the database, and
+//! [`Participant::after`] mirrors each outcome into Redis ([`crate::hot`]). Its sold-out
+//! state is then Redis's stock, shared by every replica. A reservation that names a
+//! campaign is held to its window and per-user limit ([`crate::campaign`]).
+//!
 //! Orders, money and points belong to the other services.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
-use settle::{Barrier, Branch, Participant, participant::Error};
+use settle::{
+    Barrier, Branch, Participant,
+    participant::{Error, Op, Outcome},
+};
 use sqlx::{AnyConnection, Row};
 
-use crate::service::{self, LIMIT};
+use crate::{
+    campaign::{self, Campaign},
+    hot::{self, HotStock, Policy, Reconciled, Take},
+    service::{self, LIMIT},
+};
 
 /// How long a sold-out flag refuses Trys without the database. Stock added by another
 /// process (a second replica, an operator) is sellable here after this at the latest; one
@@ -36,6 +50,32 @@ pub struct Units {
     pub sku: String,
     /// How many units.
     pub qty: i64,
+    /// The sale a purchase belongs to: a known campaign's window and per-user limit apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// The buyer, counted against the campaign's per-user limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+}
+
+impl Units {
+    /// `qty` units of `sku`, outside any campaign.
+    pub fn new(sku: impl Into<String>, qty: i64) -> Units {
+        Units {
+            sku: sku.into(),
+            qty,
+            campaign: None,
+            user_id: None,
+        }
+    }
+}
+
+/// How the inventory is opened beyond its database.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where hot SKUs keep their stock, if anywhere; without it every SKU takes the
+    /// database path.
+    pub redis: Option<hot::Config>,
 }
 
 /// Counts of one SKU.
@@ -56,6 +96,19 @@ pub struct Stock {
 pub struct Inventory {
     barrier: Barrier,
     sold_out: RwLock<SoldOut>,
+    hot: Option<HotStock>,
+    hot_skus: RwLock<HashSet<String>>,
+    campaigns: RwLock<HashMap<String, Campaign>>,
+    /// One reconcile at a time: a flushed Redis sends every screen to reload.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+/// How a hot screen ended when it did not accept.
+enum Screened {
+    /// Refused for good (sold out, a cancelled branch).
+    Refused(Error),
+    /// Redis did not answer: the failure policy decides.
+    Down,
 }
 
 /// The sold-out flags, and how many times stock came back: a refusal flags its SKU only if
@@ -69,6 +122,12 @@ struct SoldOut {
 impl Inventory {
     /// Opens (and migrates) the inventory database at `url`.
     pub async fn open(url: &str) -> Result<Arc<Inventory>, service::Error> {
+        Inventory::open_with(url, Options::default()).await
+    }
+
+    /// [`Inventory::open`] with `options`; with a Redis, loads every hot SKU into it (a
+    /// Redis that is down is loaded when it answers).
+    pub async fn open_with(url: &str, options: Options) -> Result<Arc<Inventory>, service::Error> {
         let barrier = service::open(
             url,
             "inventory",
@@ -76,10 +135,302 @@ impl Inventory {
             sqlx::migrate!("../migrations/participants/inventory/postgres"),
         )
         .await?;
-        Ok(Arc::new(Inventory {
+        let hot = options.redis.as_ref().map(HotStock::connect).transpose()?;
+        let inventory = Arc::new(Inventory {
             barrier,
             sold_out: RwLock::new(SoldOut::default()),
-        }))
+            hot,
+            hot_skus: RwLock::new(HashSet::new()),
+            campaigns: RwLock::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+        });
+        inventory.refresh().await?;
+        if inventory.hot.is_some()
+            && let Err(error) = inventory.reconcile().await
+        {
+            tracing::warn!(%error, "hot SKUs not loaded into Redis yet");
+        }
+        Ok(inventory)
+    }
+
+    /// The Redis copy of hot SKUs, if the inventory has a Redis.
+    pub fn hot(&self) -> Option<&HotStock> {
+        self.hot.as_ref()
+    }
+
+    /// Reads the hot SKUs and the campaigns from the database again.
+    async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let pool = self.barrier.database().pool();
+        let hot: Vec<String> = sqlx::query_scalar("SELECT sku FROM hot_sku")
+            .fetch_all(pool)
+            .await?;
+        let campaigns = campaign::load(pool).await?;
+        *self.hot_skus.write().unwrap_or_else(|e| e.into_inner()) = hot.into_iter().collect();
+        *self.campaigns.write().unwrap_or_else(|e| e.into_inner()) = campaigns
+            .into_iter()
+            .map(|c| (c.campaign.clone(), c))
+            .collect();
+        Ok(())
+    }
+
+    /// Marks `sku` hot: with a Redis, its Trys are screened there from now on, on every
+    /// replica (the others learn it at their next reconcile).
+    pub async fn mark_hot(&self, sku: &str) -> Result<(), service::Error> {
+        let pool = self.barrier.database().pool();
+        let marked = sqlx::query(
+            "INSERT INTO hot_sku (sku) SELECT sku FROM sku WHERE sku = $1              ON CONFLICT (sku) DO NOTHING",
+        )
+        .bind(sku)
+        .execute(pool)
+        .await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT sku FROM hot_sku WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(pool)
+            .await?;
+        if exists.is_none() {
+            return Err(service::Error::Invalid(format!("unknown sku {sku}")));
+        }
+        if marked.rows_affected() > 0 {
+            tracing::info!(sku, "marked hot");
+        }
+        if let Some(hot) = &self.hot {
+            let _one = self.reconciling.lock().await;
+            self.reconcile_sku(hot, sku).await?;
+        }
+        self.hot_skus
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sku.to_owned());
+        Ok(())
+    }
+
+    /// Whether `sku` is hot.
+    pub fn is_hot(&self, sku: &str) -> bool {
+        self.hot_skus
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(sku)
+    }
+
+    /// Defines (or changes) a campaign.
+    pub async fn define_campaign(&self, campaign: &Campaign) -> Result<(), service::Error> {
+        campaign.validate().map_err(service::Error::Invalid)?;
+        campaign::save(self.barrier.database().pool(), campaign).await?;
+        self.campaigns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(campaign.campaign.clone(), campaign.clone());
+        Ok(())
+    }
+
+    /// The known campaign a purchase names, if any.
+    fn campaign_of(&self, units: &Units) -> Option<Campaign> {
+        units
+            .campaign
+            .as_deref()
+            .and_then(|name| self.campaign(name))
+    }
+
+    /// What a reservation's Confirm or Cancel owes besides the stock: the hot SKU's open
+    /// reservation ends, and a Cancel gives the buyer's units back to the campaign.
+    async fn end_reservation(
+        &self,
+        branch: &Branch,
+        units: &Units,
+        cancelled: bool,
+        conn: &mut AnyConnection,
+    ) -> Result<(), Error> {
+        if self.is_hot(&units.sku) {
+            sqlx::query("DELETE FROM hot_hold WHERE gid = $1 AND branch_id = $2")
+                .bind(&branch.gid)
+                .bind(i64::from(branch.branch_id))
+                .execute(&mut *conn)
+                .await?;
+        }
+        if cancelled
+            && let (Some(campaign), Some(user_id)) = (self.campaign_of(units), units.user_id)
+        {
+            campaign.give_back(conn, user_id, units.qty).await?;
+        }
+        Ok(())
+    }
+
+    /// The screen of a reservation: the campaign's window, then Redis for a hot SKU (or
+    /// the failure policy without it), else the sold-out flag.
+    async fn screen(&self, branch: &Branch) -> Result<(), Error> {
+        let units = units(branch)?;
+        if let Some(campaign) = self.campaign_of(&units) {
+            campaign.admits(service::now_ms())?;
+        }
+        if let Some(hot) = &self.hot
+            && self.is_hot(&units.sku)
+        {
+            if hot.is_up() {
+                match self.take_hot(hot, branch, &units).await {
+                    Ok(()) => return Ok(()),
+                    Err(Screened::Refused(error)) => return Err(error),
+                    Err(Screened::Down) => {}
+                }
+            }
+            if hot.policy() == Policy::Refuse {
+                return Err(Error::refuse(
+                    "temporarily unavailable: redis is down and the policy is refuse",
+                ));
+            }
+        }
+        if self.is_sold_out(&units.sku) {
+            return Err(Error::refuse("sold out (flag)"));
+        }
+        Ok(())
+    }
+
+    /// Mirrors a hot reservation's outcome into Redis. Units go back to Redis only once
+    /// the database gave them back (or never took them); an outcome that is not known
+    /// leaves them out, for the reconcile to find.
+    async fn mirror(&self, op: Op, branch: &Branch, outcome: Outcome) {
+        let Some(hot) = &self.hot else { return };
+        let Ok(units) = units(branch) else { return };
+        if !self.is_hot(&units.sku) || !hot.is_up() {
+            return;
+        }
+        let member = member(branch);
+        let sku = units.sku.as_str();
+        let mirrored = match (op, outcome) {
+            (Op::Try, Outcome::RolledBack) => hot.release(sku, &member, false).await.map(drop),
+            (Op::Try, Outcome::Hanging) => hot.release(sku, &member, true).await.map(drop),
+            (Op::Cancel, Outcome::Applied | Outcome::EmptyRollback | Outcome::Duplicate) => {
+                hot.release(sku, &member, true).await.map(drop)
+            }
+            (Op::Confirm, Outcome::Applied | Outcome::Duplicate) => hot.confirm(sku, &member).await,
+            _ => return,
+        };
+        if let Err(error) = mirrored {
+            tracing::debug!(%error, %member, ?op, ?outcome, "not mirrored into Redis");
+        }
+    }
+
+    fn campaign(&self, name: &str) -> Option<Campaign> {
+        self.campaigns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Compares every hot SKU's Redis stock with the database and repairs Redis; reloads
+    /// a SKU whose keys vanished. Reads the hot SKUs and campaigns again first. When every
+    /// SKU is reconciled, a Redis that was down is used again.
+    pub async fn reconcile(&self) -> Result<Vec<(String, Reconciled)>, service::Error> {
+        self.refresh().await?;
+        let Some(hot) = &self.hot else {
+            return Ok(Vec::new());
+        };
+        let _one = self.reconciling.lock().await;
+        let skus: Vec<String> = {
+            let skus = self.hot_skus.read().unwrap_or_else(|e| e.into_inner());
+            let mut skus: Vec<String> = skus.iter().cloned().collect();
+            skus.sort();
+            skus
+        };
+        if skus.is_empty() {
+            hot.ping().await?;
+        }
+        let mut done = Vec::with_capacity(skus.len());
+        for sku in skus {
+            let reconciled = self.reconcile_sku(hot, &sku).await?;
+            done.push((sku, reconciled));
+        }
+        hot.resumed();
+        Ok(done)
+    }
+
+    /// Reconciles every hot SKU each `every`, and so also notices Redis coming back.
+    pub fn reconcile_every(self: &Arc<Inventory>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let inventory = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inventory) = inventory.upgrade() else {
+                    return;
+                };
+                if let Err(error) = inventory.reconcile().await {
+                    tracing::debug!(%error, "reconcile failed");
+                }
+            }
+        })
+    }
+
+    /// Sets `sku`'s Redis stock from one consistent read of the database: its available
+    /// units and its open hot reservations (one statement, so a reservation committing
+    /// meanwhile is either in both or in neither). A hold Redis made that the database
+    /// neither has open nor has cancelled is in flight and keeps its units out.
+    async fn reconcile_sku(&self, hot: &HotStock, sku: &str) -> Result<Reconciled, service::Error> {
+        let holds = hot.holds(sku).await?;
+        let pool = self.barrier.database().pool();
+        let rows = sqlx::query(
+            "SELECT s.available, h.gid, h.branch_id FROM sku s              LEFT JOIN hot_hold h ON h.sku = s.sku WHERE s.sku = $1",
+        )
+        .bind(sku)
+        .fetch_all(pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Err(service::Error::Invalid(format!("unknown sku {sku}")));
+        };
+        let available: i64 = first.try_get("available")?;
+        let mut open = Vec::new();
+        for row in &rows {
+            if let Some(gid) = row.try_get::<Option<String>, _>("gid")? {
+                let branch_id: i64 = row.try_get("branch_id")?;
+                open.push(format!("{gid}/{branch_id}"));
+            }
+        }
+        let open_set: HashSet<&str> = open.iter().map(String::as_str).collect();
+        let unknown: Vec<&String> = holds
+            .iter()
+            .filter(|h| !open_set.contains(h.as_str()))
+            .collect();
+        let ended = self.cancelled(&unknown).await?;
+        let reconciled = hot.reconcile(sku, available, &open, &ended).await?;
+        match reconciled.drift {
+            None => tracing::info!(sku, stock = reconciled.stock, "hot SKU loaded into Redis"),
+            Some(0) => {}
+            Some(drift) => {
+                tracing::warn!(sku, drift, stock = reconciled.stock, "Redis stock repaired")
+            }
+        }
+        Ok(reconciled)
+    }
+
+    /// Which of `branches` (`gid/branch_id`) have a Cancel in the barrier: ended, or
+    /// never to be made (an empty rollback).
+    async fn cancelled(&self, branches: &[&String]) -> Result<Vec<String>, sqlx::Error> {
+        let mut ended = Vec::new();
+        let pool = self.barrier.database().pool();
+        for chunk in branches.chunks(200) {
+            let wanted: HashSet<&str> = chunk.iter().map(|b| b.as_str()).collect();
+            let gids: Vec<&str> = chunk
+                .iter()
+                .filter_map(|b| b.rsplit_once('/').map(|(gid, _)| gid))
+                .collect();
+            let placeholders: Vec<String> = (1..=gids.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT gid, branch_id FROM settle_barrier WHERE op = 'cancel' AND gid IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for gid in &gids {
+                query = query.bind(*gid);
+            }
+            for row in query.fetch_all(pool).await? {
+                let gid: String = row.try_get("gid")?;
+                let branch_id: i64 = row.try_get("branch_id")?;
+                let branch = format!("{gid}/{branch_id}");
+                if wanted.contains(branch.as_str()) {
+                    ended.push(branch);
+                }
+            }
+        }
+        Ok(ended)
     }
 
     /// The barrier (and database) to serve with.
@@ -164,7 +515,65 @@ impl Inventory {
         flags.since.remove(sku);
     }
 
-    async fn reserve(&self, units: &Units, conn: &mut AnyConnection) -> Result<(), Error> {
+    /// The screen of a hot SKU's Try: takes its units in Redis, reloading a SKU whose
+    /// keys vanished once.
+    async fn take_hot(
+        &self,
+        hot: &HotStock,
+        branch: &Branch,
+        units: &Units,
+    ) -> Result<(), Screened> {
+        let member = member(branch);
+        for reloaded in [false, true] {
+            let take = hot.take(&units.sku, &member, units.qty).await;
+            return match take.map_err(|_| Screened::Down)? {
+                Take::Taken | Take::Already => Ok(()),
+                Take::Short(0) => Err(Screened::Refused(Error::refuse("sold out (redis)"))),
+                Take::Short(n) => Err(Screened::Refused(Error::refuse(format!(
+                    "only {n} left (redis)"
+                )))),
+                Take::Hanging => Err(Screened::Refused(Error::refuse(
+                    "try arrived after the branch was rolled back (redis)",
+                ))),
+                Take::Missing if !reloaded => {
+                    let _one = self.reconciling.lock().await;
+                    // Another screen may have reloaded it while this one waited.
+                    if let Ok(Some(_)) = hot.stock(&units.sku).await {
+                        continue;
+                    }
+                    match self.reconcile_sku(hot, &units.sku).await {
+                        Ok(_) => continue,
+                        Err(service::Error::Invalid(reason)) => {
+                            Err(Screened::Refused(Error::refuse(reason)))
+                        }
+                        Err(_) => Err(Screened::Down),
+                    }
+                }
+                Take::Missing => Err(Screened::Down),
+            };
+        }
+        Err(Screened::Down)
+    }
+
+    async fn reserve(
+        &self,
+        branch: &Branch,
+        units: &Units,
+        conn: &mut AnyConnection,
+    ) -> Result<(), Error> {
+        if let (Some(campaign), Some(user_id)) = (self.campaign_of(units), units.user_id) {
+            campaign.take(conn, user_id, units.qty).await?;
+        }
+        let hot = self.is_hot(&units.sku);
+        if hot {
+            sqlx::query("INSERT INTO hot_hold (gid, branch_id, sku, qty) VALUES ($1, $2, $3, $4)")
+                .bind(&branch.gid)
+                .bind(i64::from(branch.branch_id))
+                .bind(&units.sku)
+                .bind(units.qty)
+                .execute(&mut *conn)
+                .await?;
+        }
         let returns = self.returns();
         let left: Option<i64> = sqlx::query_scalar(
             "UPDATE sku SET available = available - $1, reserved = reserved + $1 \
@@ -193,12 +602,13 @@ impl Inventory {
                     None => Err(Error::refuse(format!("unknown sku {}", units.sku))),
                     // Flagged again once a flag lapsed. This read may predate a Cancel
                     // that returned stock but has not committed yet; then the flag is
-                    // wrong for SOLD_OUT_FOR at most.
+                    // wrong for SOLD_OUT_FOR at most. On the hot path, Redis let this
+                    // Try through: it was higher than the database for a moment.
                     Some(0) => {
                         self.flag_sold_out(&units.sku, returns);
-                        Err(Error::refuse("sold out"))
+                        Err(Error::refuse("sold out (database)"))
                     }
-                    Some(n) => Err(Error::refuse(format!("only {n} left"))),
+                    Some(n) => Err(Error::refuse(format!("only {n} left (database)"))),
                 }
             }
         }
@@ -218,7 +628,15 @@ fn units(branch: &Branch) -> Result<Units, Error> {
     let units: Units = branch.json()?;
     service::positive("qty", units.qty)?;
     service::name("sku", &units.sku)?;
+    if let Some(campaign) = &units.campaign {
+        service::name("campaign", campaign)?;
+    }
     Ok(units)
+}
+
+/// A branch as the hot path names it in Redis.
+fn member(branch: &Branch) -> String {
+    format!("{}/{}", branch.gid, branch.branch_id)
 }
 
 async fn exec(conn: &mut AnyConnection, sql: &'static str, units: &Units) -> Result<u64, Error> {
@@ -235,17 +653,23 @@ fn unknown(action: &str) -> Error {
 }
 
 impl Participant for Inventory {
-    fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
-        if branch.action == "reserve" && self.is_sold_out(&units(branch)?.sku) {
-            return Err(Error::refuse("sold out"));
+    async fn screen_try(&self, branch: &Branch) -> Result<(), Error> {
+        if branch.action == "reserve" {
+            self.screen(branch).await?;
         }
         Ok(())
+    }
+
+    async fn after(&self, op: Op, branch: &Branch, outcome: Outcome) {
+        if branch.action == "reserve" {
+            self.mirror(op, branch, outcome).await;
+        }
     }
 
     async fn r#try(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let units = units(branch)?;
         match branch.action.as_str() {
-            "reserve" => self.reserve(&units, conn).await,
+            "reserve" => self.reserve(branch, &units, conn).await,
             "restock" => {
                 let sql = "UPDATE sku SET sold = sold - $1, reserved = reserved + $1 \
                            WHERE sku = $2 AND sold >= $1";
@@ -273,6 +697,8 @@ impl Participant for Inventory {
         exec(conn, sql, &units).await?;
         if branch.action == "restock" {
             self.stock_returned(&units.sku);
+        } else {
+            self.end_reservation(branch, &units, false, conn).await?;
         }
         Ok(())
     }
@@ -288,6 +714,7 @@ impl Participant for Inventory {
         };
         exec(conn, sql, &units).await?;
         if branch.action == "reserve" {
+            self.end_reservation(branch, &units, true, conn).await?;
             self.stock_returned(&units.sku);
         }
         Ok(())

@@ -8,7 +8,9 @@
 
 #![warn(missing_docs)]
 
+pub mod campaign;
 pub mod flows;
+pub mod hot;
 pub mod invariants;
 pub mod inventory;
 mod ledger;

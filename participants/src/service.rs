@@ -28,6 +28,9 @@ pub enum Error {
     /// Serving over gRPC failed.
     #[error(transparent)]
     Serve(#[from] settle::server::Error),
+    /// Redis (the hot path's copy of hot SKUs' stock) failed.
+    #[error(transparent)]
+    Redis(#[from] crate::hot::Error),
     /// An amount or quantity out of bounds.
     #[error("{0}")]
     Invalid(String),

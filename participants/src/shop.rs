@@ -2,13 +2,22 @@
 //! gRPC, registered with a coordinator under their well-known names.
 //!
 //! Each service owns its database; the URL template's `{service}` is replaced by the
-//! service name (`sqlite:///tmp/shop/{service}.db`, `postgres://…/shop_{service}`).
+//! service name (`sqlite:///tmp/shop/{service}.db`, `postgres://…/shop_{service}`). The
+//! inventory may run as several replicas on its one database, each registered under a
+//! name of its own ([`inventory_replica`]); with a Redis they share hot SKUs' stock.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use settle::{Barrier, Credentials, Participant, security::ServerTls, server::Serving};
 
-use crate::{inventory::Inventory, order::Orders, payment::Payment, points::Points, service};
+use crate::{
+    hot,
+    inventory::{self, Inventory},
+    order::Orders,
+    payment::Payment,
+    points::Points,
+    service,
+};
 
 /// Name under which the inventory service registers.
 pub const INVENTORY: &str = "inventory";
@@ -20,6 +29,26 @@ pub const PAYMENT: &str = "payment";
 pub const POINTS: &str = "points";
 /// Every service, in start order.
 pub const SERVICES: [&str; 4] = [INVENTORY, ORDER, PAYMENT, POINTS];
+
+/// The name the `i`th inventory replica registers under (from 0): [`INVENTORY`], then
+/// `inventory-2`, `inventory-3`…
+pub fn inventory_replica(i: usize) -> String {
+    match i {
+        0 => INVENTORY.to_owned(),
+        i => format!("{INVENTORY}-{}", i + 1),
+    }
+}
+
+/// How the shop's inventory runs: how many replicas, and whether with a Redis.
+#[derive(Debug, Clone, Default)]
+pub struct InventoryOptions {
+    /// Replicas on the one inventory database (0 counts as 1).
+    pub replicas: usize,
+    /// Where hot SKUs keep their stock ([`inventory::Options::redis`]).
+    pub redis: Option<hot::Config>,
+    /// How often each replica reconciles Redis with the database (with a Redis; default 1 s).
+    pub reconcile_every: Option<Duration>,
+}
 
 /// The database URL of `service` under `template`.
 pub fn database_url(template: &str, service: &str) -> String {
@@ -92,15 +121,18 @@ pub async fn serve<P: Participant>(
 /// The four services, running.
 #[derive(Debug)]
 pub struct Shop {
-    /// Stock.
+    /// Stock (the first replica).
     pub inventory: Arc<Inventory>,
+    /// Every inventory replica, the first one included, in the order of
+    /// [`inventory_replica`].
+    pub inventories: Vec<Arc<Inventory>>,
     /// Orders.
     pub orders: Arc<Orders>,
     /// Money.
     pub payment: Arc<Payment>,
     /// Points.
     pub points: Arc<Points>,
-    servers: Vec<Serving>,
+    servers: Vec<(String, Serving)>,
 }
 
 impl Shop {
@@ -121,21 +153,48 @@ impl Shop {
         host: std::net::IpAddr,
         options: Options,
     ) -> Result<Shop, service::Error> {
+        let inventory = InventoryOptions::default();
+        Shop::start_full(database, coordinator, host, options, inventory).await
+    }
+
+    /// [`Shop::start_with`], the inventory run as `inventory` says.
+    pub async fn start_full(
+        database: &str,
+        coordinator: &str,
+        host: std::net::IpAddr,
+        options: Options,
+        inventory: InventoryOptions,
+    ) -> Result<Shop, service::Error> {
         let addr = SocketAddr::new(host, 0);
-        let inventory = Inventory::open(&database_url(database, INVENTORY)).await?;
-        let orders = Orders::open(&database_url(database, ORDER)).await?;
-        let payment = Payment::open(&database_url(database, PAYMENT)).await?;
-        let points = Points::open(&database_url(database, POINTS)).await?;
-        let servers = vec![
-            serve(
-                INVENTORY,
-                inventory.clone(),
-                inventory.barrier(),
+        let opened = inventory::Options {
+            redis: inventory.redis.clone(),
+        };
+        let mut inventories = Vec::new();
+        let mut servers = Vec::new();
+        for i in 0..inventory.replicas.max(1) {
+            let replica =
+                Inventory::open_with(&database_url(database, INVENTORY), opened.clone()).await?;
+            if replica.hot().is_some() {
+                replica
+                    .reconcile_every(inventory.reconcile_every.unwrap_or(Duration::from_secs(1)));
+            }
+            let name = inventory_replica(i);
+            let serving = serve(
+                &name,
+                replica.clone(),
+                replica.barrier(),
                 coordinator,
                 addr,
                 options.clone(),
             )
-            .await?,
+            .await?;
+            servers.push((name, serving));
+            inventories.push(replica);
+        }
+        let orders = Orders::open(&database_url(database, ORDER)).await?;
+        let payment = Payment::open(&database_url(database, PAYMENT)).await?;
+        let points = Points::open(&database_url(database, POINTS)).await?;
+        let others = vec![
             serve(
                 ORDER,
                 orders.clone(),
@@ -164,8 +223,15 @@ impl Shop {
             )
             .await?,
         ];
+        servers.extend(
+            [ORDER, PAYMENT, POINTS]
+                .map(str::to_owned)
+                .into_iter()
+                .zip(others),
+        );
         Ok(Shop {
-            inventory,
+            inventory: inventories[0].clone(),
+            inventories,
             orders,
             payment,
             points,
@@ -173,18 +239,17 @@ impl Shop {
         })
     }
 
-    /// Each service's name and endpoint.
-    pub fn endpoints(&self) -> Vec<(&'static str, String)> {
-        SERVICES
+    /// Each service's (and inventory replica's) name and endpoint.
+    pub fn endpoints(&self) -> Vec<(&str, String)> {
+        self.servers
             .iter()
-            .zip(&self.servers)
-            .map(|(name, serving)| (*name, serving.url().to_owned()))
+            .map(|(name, serving)| (name.as_str(), serving.url().to_owned()))
             .collect()
     }
 
     /// Stops every server gracefully.
     pub async fn stop(self) -> Result<(), service::Error> {
-        for server in self.servers {
+        for (_, server) in self.servers {
             server.stop().await?;
         }
         Ok(())

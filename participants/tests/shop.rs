@@ -566,10 +566,7 @@ async fn refund_phase_two_is_retried_until_done(backend: Backend) {
     tx.try_branch(
         shop::INVENTORY,
         "restock",
-        &settle_participants::inventory::Units {
-            sku: SKU.into(),
-            qty: 1,
-        },
+        &settle_participants::inventory::Units::new(SKU, 1),
     )
     .await
     .expect("restock try");

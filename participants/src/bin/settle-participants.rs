@@ -1,14 +1,15 @@
 //! `settle-participants`: runs one of the shop's services, or all four.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use settle::{
     Credentials,
     security::{ClientTls, Secret, ServerTls, tls::TlsFlags},
 };
 use settle_participants::{
-    inventory::Inventory,
+    hot::{self, Policy},
+    inventory::{self, Inventory},
     order::Orders,
     payment::Payment,
     points::Points,
@@ -29,6 +30,8 @@ enum Service {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Which service to run.
     #[arg(long, env = "SETTLE_SERVICE", value_enum, default_value = "all")]
     service: Service,
@@ -37,8 +40,37 @@ struct Args {
     #[arg(long, env = "SETTLE_LISTEN", default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
     /// Database URL; `{service}` is replaced by the service name, so each has its own.
-    #[arg(long, env = "SETTLE_DATABASE", default_value = "sqlite://{service}.db")]
+    #[arg(
+        long,
+        env = "SETTLE_DATABASE",
+        default_value = "sqlite://{service}.db",
+        global = true
+    )]
     database: String,
+    /// Redis for the inventory's hot SKUs (`redis://127.0.0.1:6379`): their stock is
+    /// taken there before the database; unset: every SKU takes the database path.
+    #[arg(long, env = "SETTLE_REDIS", global = true)]
+    redis: Option<String>,
+    /// Put before every Redis key, so that shops can share a Redis.
+    #[arg(
+        long,
+        env = "SETTLE_REDIS_PREFIX",
+        default_value = "settle",
+        global = true
+    )]
+    redis_prefix: String,
+    /// What a Try on a hot SKU does while Redis is down: `fallback` (the database path) or
+    /// `refuse` (refused as temporarily unavailable).
+    #[arg(long, env = "SETTLE_REDIS_FAILURE", default_value = "fallback")]
+    redis_failure: Policy,
+    /// Mark this SKU hot (repeatable, or comma-separated); it must exist. Hot SKUs stay
+    /// hot: the mark is in the inventory database.
+    #[arg(long, env = "SETTLE_HOT_SKU", value_delimiter = ',')]
+    hot_sku: Vec<String>,
+    /// How often the inventory compares Redis with the database and repairs it (and so
+    /// how soon it notices Redis coming back), in milliseconds.
+    #[arg(long, env = "SETTLE_RECONCILE_EVERY_MS", default_value_t = 1000)]
+    reconcile_every_ms: u64,
     /// The coordinator to register with.
     #[arg(
         long,
@@ -99,6 +131,46 @@ struct Args {
     try_from: Vec<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compare the inventory's hot SKUs in Redis with its database once, repair Redis, print
+    /// the drift of each and exit (needs --redis).
+    Reconcile,
+}
+
+impl Args {
+    /// The inventory's options from the flags.
+    fn inventory(&self) -> inventory::Options {
+        inventory::Options {
+            redis: self.redis.as_ref().map(|url| hot::Config {
+                url: url.clone(),
+                prefix: self.redis_prefix.clone(),
+                policy: self.redis_failure,
+            }),
+        }
+    }
+}
+
+/// `settle-participants reconcile`: one reconcile, one line per hot SKU.
+async fn reconcile(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.redis.is_none() {
+        return Err("reconcile needs --redis".into());
+    }
+    let url = database_url(&args.database, shop::INVENTORY);
+    let inventory = Inventory::open_with(&url, args.inventory()).await?;
+    for (sku, done) in inventory.reconcile().await? {
+        let drift = match done.drift {
+            Some(drift) => format!("drift {drift:+}"),
+            None => "loaded (keys were missing)".to_owned(),
+        };
+        println!(
+            "{sku}  redis stock {}  {drift}  dropped holds {}",
+            done.stock, done.dropped
+        );
+    }
+    Ok(())
+}
+
 /// An address or none; spelled so that clap takes it as one value with a default, not as an
 /// optional flag.
 type MaybeAddr = Option<SocketAddr>;
@@ -138,6 +210,9 @@ fn reload_on_hangup(tls: Option<ServerTls>, client: Option<ClientTls>) -> std::i
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(Command::Reconcile) = args.command {
+        return reconcile(&args).await;
+    }
     if args.advertise_host.is_some() && args.listen.port() == 0 {
         return Err("--advertise-host needs a --listen port other than 0".into());
     }
@@ -192,7 +267,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let c = &args.coordinator;
         let serving = match name {
             shop::INVENTORY => {
-                let s = Inventory::open(&url).await?;
+                let s = Inventory::open_with(&url, args.inventory()).await?;
+                for sku in &args.hot_sku {
+                    s.mark_hot(sku).await?;
+                }
+                if s.hot().is_some() {
+                    s.reconcile_every(Duration::from_millis(args.reconcile_every_ms.max(1)));
+                }
                 shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
             shop::ORDER => {
