@@ -115,6 +115,12 @@ pub trait Participant: Send + Sync + 'static {
         async {}
     }
 
+    /// Adds the participant's own metrics to those served at
+    /// [`crate::server::Serve::metrics_listen`]; called once, when metrics are on.
+    fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
+
     /// Reserves the branch's resources.
     fn r#try(
         &self,
@@ -167,6 +173,10 @@ impl<P: Participant> Participant for std::sync::Arc<P> {
 
     fn after(&self, op: Op, branch: &Branch, outcome: Outcome) -> impl Future<Output = ()> + Send {
         (**self).after(op, branch, outcome)
+    }
+
+    fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        (**self).metrics(registry)
     }
 
     fn r#try(

@@ -276,6 +276,7 @@ impl<P: Participant> Serve<P> {
             Some(metrics_addr) => {
                 let mut registry = settle_telemetry::registry(env!("CARGO_PKG_VERSION"));
                 let meters = Meters::register(&mut registry, self.group_commit.is_some());
+                self.participant.metrics(&mut registry);
                 let metrics_listener = TcpListener::bind(metrics_addr).await?;
                 let metrics_addr = metrics_listener.local_addr()?;
                 info!(name = %self.name, %metrics_addr, "participant metrics on /metrics");
