@@ -22,6 +22,10 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use redis::{
     Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -106,12 +110,23 @@ pub struct Reconciled {
 #[error("redis: {0}")]
 pub struct Error(#[from] redis::RedisError);
 
+/// What the hot path reports (README, "Hot SKUs in Redis"): `settle_inventory_redis_up`,
+/// `settle_inventory_redis_drift_units{sku}` (the last reconcile's drift, signed) and
+/// `settle_inventory_redis_repairs_total` (reconciles that found drift).
+#[derive(Debug, Clone, Default)]
+struct Meters {
+    up: Gauge,
+    drift: Family<Vec<(String, String)>, Gauge>,
+    repairs: Counter,
+}
+
 /// The Redis copy of every hot SKU's stock.
 pub struct HotStock {
     conn: ConnectionManager,
     prefix: String,
     policy: Policy,
     up: AtomicBool,
+    meters: Meters,
     take: Script,
     release: Script,
     confirm: Script,
@@ -216,11 +231,42 @@ impl HotStock {
             prefix: config.prefix.clone(),
             policy: config.policy,
             up: AtomicBool::new(true),
+            meters: Meters::default(),
             take: Script::new(TAKE),
             release: Script::new(RELEASE),
             confirm: Script::new(CONFIRM),
             reconcile: Script::new(RECONCILE),
         })
+    }
+
+    /// Adds the hot path's metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let meters = &self.meters;
+        meters.up.set(i64::from(self.is_up()));
+        registry.register(
+            "settle_inventory_redis_up",
+            "Whether hot SKUs are on the hot path (1) or follow the failure policy (0)",
+            meters.up.clone(),
+        );
+        registry.register(
+            "settle_inventory_redis_drift_units",
+            "Redis stock minus what it should have been, at the last reconcile",
+            meters.drift.clone(),
+        );
+        registry.register(
+            "settle_inventory_redis_repairs",
+            "Reconciles that found Redis stock different from the database's",
+            meters.repairs.clone(),
+        );
+    }
+
+    /// Records a reconcile's drift for `sku`.
+    pub(crate) fn observe(&self, sku: &str, drift: i64) {
+        let labels = vec![("sku".to_owned(), sku.to_owned())];
+        self.meters.drift.get_or_create(&labels).set(drift);
+        if drift != 0 {
+            self.meters.repairs.inc();
+        }
     }
 
     /// The prefix of every key.
@@ -240,6 +286,7 @@ impl HotStock {
 
     /// Records a failed command: the hot path stops until a reconcile succeeds.
     fn failed(&self, error: redis::RedisError) -> Error {
+        self.meters.up.set(0);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(%error, "redis is unreachable; hot SKUs follow the failure policy");
         }
@@ -248,6 +295,7 @@ impl HotStock {
 
     /// The hot path works again, after a reconcile of every hot SKU.
     pub(crate) fn resumed(&self) {
+        self.meters.up.set(1);
         if !self.up.swap(true, Ordering::AcqRel) {
             tracing::info!("redis answers again; hot SKUs are back on the hot path");
         }

@@ -391,6 +391,7 @@ impl Inventory {
             .collect();
         let ended = self.cancelled(&unknown).await?;
         let reconciled = hot.reconcile(sku, available, &open, &ended).await?;
+        hot.observe(sku, reconciled.drift.unwrap_or(0));
         match reconciled.drift {
             None => tracing::info!(sku, stock = reconciled.stock, "hot SKU loaded into Redis"),
             Some(0) => {}
@@ -658,6 +659,12 @@ impl Participant for Inventory {
             self.screen(branch).await?;
         }
         Ok(())
+    }
+
+    fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(hot) = &self.hot {
+            hot.register(registry);
+        }
     }
 
     async fn after(&self, op: Op, branch: &Branch, outcome: Outcome) {

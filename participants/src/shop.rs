@@ -247,6 +247,15 @@ impl Shop {
             .collect()
     }
 
+    /// Where the service (or inventory replica) `name` serves `/metrics`, when
+    /// [`Options::metrics`] asked for it.
+    pub fn metrics_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.servers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, serving)| serving.metrics_addr())
+    }
+
     /// Stops every server gracefully.
     pub async fn stop(self) -> Result<(), service::Error> {
         for (_, server) in self.servers {

@@ -23,7 +23,7 @@ use settle_proto::v1::{BranchRequest, participant_client::ParticipantClient};
 use settle_testkit::{
     Backend, TestDb, both,
     redis::{RedisServer, shared_url, unique_prefix},
-    start_coordinator, test_config,
+    scrape, start_coordinator, test_config, value,
 };
 use tonic::Code;
 
@@ -68,7 +68,10 @@ impl HotShop {
             &shop_db.url,
             &coordinator.url(),
             IpAddr::from([127, 0, 0, 1]),
-            shop::Options::default(),
+            shop::Options {
+                metrics: Some("127.0.0.1:0".parse().expect("addr")),
+                ..shop::Options::default()
+            },
             inventory,
         )
         .await
@@ -409,6 +412,11 @@ async fn a_redis_flushed_mid_sale_is_reloaded_and_nothing_is_oversold(backend: B
         "reloaded: {second:?}"
     );
     shop.assert_reconciled().await;
+    let metrics = shop.shop.metrics_addr(shop::INVENTORY).expect("metrics");
+    let samples = scrape(metrics).await;
+    let drift = format!("settle_inventory_redis_drift_units{{sku=\"{SKU}\"}}");
+    assert!(samples.contains_key(&drift), "{samples:?}");
+    assert_eq!(value(&samples, &drift), 0.0);
 }
 
 both!(a_stopped_redis_falls_back_to_the_database_and_the_hot_path_resumes);
@@ -468,8 +476,14 @@ async fn a_stopped_redis_refuses_hot_trys_under_the_refuse_policy(backend: Backe
     let before = shop.buy(1..=5).await;
     assert_eq!(before.sold, 5);
     shop.quiet().await;
+    let metrics = shop.shop.metrics_addr(shop::INVENTORY).expect("metrics");
+    let up = |samples: &std::collections::HashMap<String, f64>| {
+        value(samples, "settle_inventory_redis_up")
+    };
+    assert_eq!(up(&scrape(metrics).await), 1.0);
     redis.stop();
     let during = shop.buy(6..=15).await;
+    assert_eq!(up(&scrape(metrics).await), 0.0, "Redis is down");
     assert_eq!(during.sold, 0, "{during:?}");
     assert_eq!(
         during.refused_with("temporarily unavailable"),
@@ -485,6 +499,7 @@ async fn a_stopped_redis_refuses_hot_trys_under_the_refuse_policy(backend: Backe
 
     redis.resume().await;
     wait_until_up(&shop.shop).await;
+    assert_eq!(up(&scrape(metrics).await), 1.0, "Redis is back");
     let after = shop.buy(16..=40).await;
     shop.quiet().await;
     let stock = shop.stock().await;
