@@ -593,7 +593,7 @@ impl<P: Participant> ParticipantService<P> {
             }
             None => {
                 let meters = self.meters.as_deref();
-                alone(&*self.participant, &self.barrier, meters, op, branch).await
+                alone(&*self.participant, &self.barrier, meters, op, branch, false).await
             }
         }
     }
@@ -609,16 +609,20 @@ fn shed(why: String) -> Status {
     Status::aborted(format!("overloaded, try again later: {why}"))
 }
 
-/// One call in a transaction of its own.
+/// One call in a transaction of its own. `again` says it ran before in a group whose
+/// commit failed, and so may have been kept: if the barrier cannot be asked now, what
+/// became of it is not known.
 async fn alone<P: Participant>(
     participant: &P,
     barrier: &Barrier,
     meters: Option<&Meters>,
     op: Op,
     branch: &Branch,
+    again: bool,
 ) -> Answered {
     let entry = match barrier.enter(op, &branch.gid, branch.branch_id).await {
         Ok(entry) => entry,
+        Err(error) if again => return (Err(barrier_status(error)), Outcome::Unknown),
         Err(error) => return not_run(barrier_status(error)),
     };
     let mut guarded = match entry {
@@ -706,7 +710,8 @@ async fn settle_group<P: Participant>(
                     "a group's transaction failed; running its calls alone"
                 );
                 for call in calls {
-                    let answer = alone(participant, barrier, meters, call.op, &call.branch).await;
+                    let (op, branch) = (call.op, &call.branch);
+                    let answer = alone(participant, barrier, meters, op, branch, true).await;
                     let _ = call.answer.send(answer);
                 }
                 return;
