@@ -93,6 +93,15 @@ pub enum Take {
     Missing,
 }
 
+/// What a reconcile reads from Redis before it reads the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holds {
+    /// The branches Redis holds units for.
+    pub branches: Vec<String>,
+    /// How many holds had been confirmed (a counter, as Redis keeps it).
+    confirms: String,
+}
+
 /// The result of reconciling one SKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconciled {
@@ -144,7 +153,9 @@ impl std::fmt::Debug for HotStock {
 }
 
 /// KEYS: stock, holds, branch mark. ARGV: branch, units. Answers {code, stock left}:
-/// 0 taken, 1 already, -1 short, -2 hanging, -3 missing.
+/// 0 taken, 1 already, -1 short, -2 hanging, -3 missing. Counts go to Redis as the strings
+/// they came in (Lua 5.1 would print a number above 10^14 as `1e+14`); the shop's bounds
+/// (10^15) keep them exact in Lua's doubles.
 const TAKE: &str = r"
 local mark = redis.call('GET', KEYS[3])
 if mark == 'cancelled' then return {-2, 0} end
@@ -152,11 +163,10 @@ if mark or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {1, 0} end
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {-3, 0} end
 stock = tonumber(stock)
-local qty = tonumber(ARGV[2])
-if stock < qty then return {-1, stock} end
-redis.call('DECRBY', KEYS[1], qty)
-redis.call('HSET', KEYS[2], ARGV[1], qty .. ':' .. redis.call('TIME')[1])
-return {0, stock - qty}
+if stock < tonumber(ARGV[2]) then return {-1, stock} end
+local left = redis.call('DECRBY', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. redis.call('TIME')[1])
+return {0, left}
 ";
 
 /// KEYS: stock, holds, branch mark. ARGV: branch, mark ('' for none), mark TTL in
@@ -164,32 +174,35 @@ return {0, stock - qty}
 /// Stock that vanished is not recreated here: the reload puts it back whole.
 const RELEASE: &str = r"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
+local qty = '0'
 if held then
+  qty = string.match(held, '^(%d+)')
   redis.call('HDEL', KEYS[2], ARGV[1])
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    redis.call('INCRBY', KEYS[1], tonumber(string.match(held, '^(%d+)')))
-  end
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], qty) end
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
-if held then return tonumber(string.match(held, '^(%d+)')) end
-return 0
+return tonumber(qty)
 ";
 
-/// KEYS: holds, branch mark. ARGV: branch, mark TTL. The units are sold: the hold ends.
+/// KEYS: holds, branch mark, confirms. ARGV: branch, mark TTL. The units are sold: the
+/// hold ends, and the count of ended holds goes up, so that a reconcile that read the
+/// database before this Confirm's Try committed does not count the units as available.
 const CONFIRM: &str = r"
-redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('INCR', KEYS[3]) end
 redis.call('SET', KEYS[2], 'done', 'EX', ARGV[2])
 return 0
 ";
 
-/// KEYS: stock, holds. ARGV: the database's available units, seconds after which a hold
-/// the database does not know is lost, then 'o:BRANCH' for each reservation the database
-/// holds and 'd:BRANCH' for each it has ended. Every other hold is in flight (Redis took
-/// the units, the database has not committed yet) and counts against the stock. Answers
-/// {had stock (0/1), drift, stock, holds dropped}.
+/// KEYS: stock, holds, confirms. ARGV: the database's available units, seconds after
+/// which a hold the database does not know is lost, the confirms count read before the
+/// database, then 'o:BRANCH' for each reservation the database holds and 'd:BRANCH' for
+/// each it has ended. Every other hold is in flight (Redis took the units, the database has
+/// not committed yet) and counts against the stock. If a hold was confirmed since the
+/// count was read, the database's figure may predate its Try: the stock is then only
+/// lowered, never raised. Answers {had stock (0/1), drift, stock, holds dropped}.
 const RECONCILE: &str = r"
 local open, ended = {}, {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local kind, branch = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
   if kind == 'o' then open[branch] = true else ended[branch] = true end
 end
@@ -211,7 +224,10 @@ end
 local target = tonumber(ARGV[1]) - in_flight
 if target < 0 then target = 0 end
 local before = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], target)
+if before and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then
+  target = math.min(target, tonumber(before))
+end
+redis.call('SET', KEYS[1], string.format('%d', target))
 if before then return {1, tonumber(before) - target, target, dropped} end
 return {0, 0, target, dropped}
 ";
@@ -346,6 +362,7 @@ impl HotStock {
         self.confirm
             .key(self.key("holds", sku))
             .key(self.key("branch", branch))
+            .key(self.key("confirms", sku))
             .arg(branch)
             .arg(MARK_TTL.as_secs())
             .invoke_async::<i64>(&mut self.conn.clone())
@@ -354,13 +371,22 @@ impl HotStock {
         Ok(())
     }
 
-    /// The branches Redis holds units of `sku` for.
-    pub async fn holds(&self, sku: &str) -> Result<Vec<String>, Error> {
-        redis::cmd("HKEYS")
+    /// The branches Redis holds units of `sku` for, and how many holds have been
+    /// confirmed so far, read together.
+    pub async fn holds(&self, sku: &str) -> Result<Holds, Error> {
+        let (confirms, branches): (Option<String>, Vec<String>) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(self.key("confirms", sku))
+            .cmd("HKEYS")
             .arg(self.key("holds", sku))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| self.failed(e))?;
+        Ok(Holds {
+            branches,
+            confirms: confirms.unwrap_or_else(|| "0".to_owned()),
+        })
     }
 
     /// Sets `sku`'s stock from the database: `available` units, less those of holds
@@ -370,14 +396,17 @@ impl HotStock {
     pub async fn reconcile(
         &self,
         sku: &str,
+        holds: &Holds,
         available: i64,
         open: &[String],
         ended: &[String],
     ) -> Result<Reconciled, Error> {
         let mut call = self.reconcile.key(self.key("stock", sku));
         call.key(self.key("holds", sku))
+            .key(self.key("confirms", sku))
             .arg(available)
-            .arg(LOST_AFTER.as_secs());
+            .arg(LOST_AFTER.as_secs())
+            .arg(&holds.confirms);
         for branch in open {
             call.arg(format!("o:{branch}"));
         }

@@ -193,14 +193,22 @@ impl Inventory {
         if marked.rows_affected() > 0 {
             tracing::info!(sku, "marked hot");
         }
-        if let Some(hot) = &self.hot {
-            let _one = self.reconciling.lock().await;
-            self.reconcile_sku(hot, sku).await?;
-        }
         self.hot_skus
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sku.to_owned());
+        if let Some(hot) = &self.hot {
+            let _one = self.reconciling.lock().await;
+            match self.reconcile_sku(hot, sku).await {
+                // The reconcile loop loads it once Redis answers; until then the failure
+                // policy applies.
+                Err(service::Error::Redis(error)) => {
+                    tracing::warn!(sku, %error, "hot SKU not loaded into Redis yet");
+                }
+                Err(error) => return Err(error),
+                Ok(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -386,11 +394,12 @@ impl Inventory {
         }
         let open_set: HashSet<&str> = open.iter().map(String::as_str).collect();
         let unknown: Vec<&String> = holds
+            .branches
             .iter()
             .filter(|h| !open_set.contains(h.as_str()))
             .collect();
         let ended = self.cancelled(&unknown).await?;
-        let reconciled = hot.reconcile(sku, available, &open, &ended).await?;
+        let reconciled = hot.reconcile(sku, &holds, available, &open, &ended).await?;
         hot.observe(sku, reconciled.drift.unwrap_or(0));
         match reconciled.drift {
             None => tracing::info!(sku, stock = reconciled.stock, "hot SKU loaded into Redis"),
@@ -459,6 +468,15 @@ impl Inventory {
             )));
         }
         self.stock_returned(sku);
+        if let Some(hot) = &self.hot
+            && self.is_hot(sku)
+        {
+            // The new units are sellable through Redis at once, not at the next tick.
+            let _one = self.reconciling.lock().await;
+            if let Err(error) = self.reconcile_sku(hot, sku).await {
+                tracing::warn!(sku, %error, "restocked units reach Redis at the next reconcile");
+            }
+        }
         Ok(())
     }
 

@@ -78,6 +78,16 @@ impl HotShop {
         .expect("shop");
         shop.inventory.restock(SKU, units).await.expect("restock");
         shop.inventory.mark_hot(SKU).await.expect("mark hot");
+        // The other replicas learn the mark at their next reconcile; until then they would
+        // sell it through the database, unseen by Redis.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !shop.inventories.iter().all(|i| i.is_hot(SKU)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas never saw the mark"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (poor, rich): (Vec<i64>, Vec<i64>) = users.iter().partition(|u| poor(**u));
         shop.payment
             .open_accounts(&rich, FUNDS)
@@ -135,6 +145,19 @@ impl HotShop {
             }
         }
         sale
+    }
+
+    /// Waits until at least `n` units are reserved or sold.
+    async fn wait_for_taken(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let stock = self.stock().await;
+            if stock.reserved + stock.sold >= n {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {stock:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until every transaction's phase two has run and every invariant holds.
@@ -394,22 +417,22 @@ async fn a_redis_flushed_mid_sale_is_reloaded_and_nothing_is_oversold(backend: B
     )
     .await;
 
-    let first = shop.buy(1..=30).await;
-    redis.flush().await;
-    let second = shop.buy(31..=80).await;
+    // Flushed while Trys are in flight: those that took units before it and commit after
+    // it may let Redis run high until a reconcile; the database refuses the excess.
+    let (sale, ()) = tokio::join!(shop.buy(1..=80), async {
+        shop.wait_for_taken(10).await;
+        redis.flush().await;
+    });
     shop.quiet().await;
     let late = shop.sell_out(1_000).await;
 
     let stock = shop.stock().await;
-    assert_eq!(
-        first.sold + second.sold + late,
-        40,
-        "{first:?} {second:?} {late}"
-    );
+    assert_eq!(sale.sold + late, 40, "{sale:?} {late}");
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 40));
+    // The sell-out came after the flush: the SKU was reloaded and Redis refused again.
     assert!(
-        second.refused_with("sold out (redis)") > 0,
-        "reloaded: {second:?}"
+        sale.refused_with("sold out (redis)") > 0,
+        "reloaded: {sale:?}"
     );
     shop.assert_reconciled().await;
     let metrics = shop.shop.metrics_addr(shop::INVENTORY).expect("metrics");
@@ -435,8 +458,12 @@ async fn a_stopped_redis_falls_back_to_the_database_and_the_hot_path_resumes(bac
     .await;
 
     let before = shop.buy(1..=10).await;
-    redis.stop();
-    let during = shop.buy(11..=30).await;
+    // Stopped while Trys are in flight, then a round with Redis down throughout.
+    let (stopping, ()) = tokio::join!(shop.buy(11..=20), async {
+        shop.wait_for_taken(before.sold + 3).await;
+        redis.stop();
+    });
+    let during = shop.buy(21..=30).await;
     assert!(
         during.sold > 0,
         "the database path sells while Redis is down: {during:?}"
@@ -455,7 +482,10 @@ async fn a_stopped_redis_falls_back_to_the_database_and_the_hot_path_resumes(bac
     let late = shop.sell_out(1_000).await;
 
     let stock = shop.stock().await;
-    assert_eq!(before.sold + during.sold + after.sold + late, 30);
+    assert_eq!(
+        before.sold + stopping.sold + during.sold + after.sold + late,
+        30
+    );
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 30));
     assert!(
         after.refused_with("sold out (redis)") > 0,
@@ -598,4 +628,67 @@ async fn a_campaign_refuses_outside_its_window_and_over_the_per_user_limit(backe
     let stock = shop.stock().await;
     assert_eq!((stock.available, stock.sold), (8, 2));
     shop.assert_reconciled().await;
+}
+
+both!(counts_up_to_the_shops_limit_stay_exact_in_redis);
+async fn counts_up_to_the_shops_limit_stay_exact_in_redis(backend: Backend) {
+    let shop = HotShop::start(backend, &shared_url(), Policy::Fallback, 1, 1, &[], |_| {
+        false
+    })
+    .await;
+    let inventory = &shop.shop.inventory;
+    inventory
+        .restock(SKU, settle_participants::service::LIMIT - 1)
+        .await
+        .expect("restock to the limit");
+    let limit = settle_participants::service::LIMIT;
+    assert_eq!(shop.redis_stock(inventory).await, limit);
+
+    let most = Units::new(SKU, limit - 1);
+    call(&shop, "try", "BIG", &most).await.expect("try");
+    assert_eq!(shop.redis_stock(inventory).await, 1);
+    call(&shop, "cancel", "BIG", &most).await.expect("cancel");
+    assert_eq!(shop.redis_stock(inventory).await, limit);
+    let stock = shop.stock().await;
+    assert_eq!((stock.available, stock.reserved), (limit, 0));
+    shop.assert_reconciled().await;
+}
+
+/// A reconcile reads Redis's holds, then the database, then sets the stock. A Try that
+/// commits after the database read and is confirmed before the stock is set leaves no hold
+/// and is not in the database's figure: the stock must not be raised by its units.
+#[test]
+fn a_confirm_between_the_database_read_and_the_repair_does_not_raise_the_stock() {
+    settle_testkit::run(async {
+        let hot = hot::HotStock::connect(&hot::Config {
+            url: shared_url(),
+            prefix: unique_prefix(),
+            policy: Policy::Fallback,
+        })
+        .expect("connect");
+        hot.reconcile(SKU, &hot.holds(SKU).await.expect("holds"), 10, &[], &[])
+            .await
+            .expect("load");
+
+        let holds = hot.holds(SKU).await.expect("holds");
+        // The database is read here: 10 available, the Try below not committed yet.
+        assert_eq!(
+            hot.take(SKU, "T/1", 1).await.expect("take"),
+            hot::Take::Taken
+        );
+        hot.confirm(SKU, "T/1").await.expect("confirm");
+        let done = hot
+            .reconcile(SKU, &holds, 10, &[], &[])
+            .await
+            .expect("reconcile");
+        assert_eq!(done.stock, 9, "{done:?}");
+
+        // With nothing confirmed in between, the database's figure is taken as it is.
+        let holds = hot.holds(SKU).await.expect("holds");
+        let done = hot
+            .reconcile(SKU, &holds, 9, &[], &[])
+            .await
+            .expect("reconcile");
+        assert_eq!((done.stock, done.drift), (9, Some(0)));
+    });
 }
