@@ -22,6 +22,7 @@ AMPLE="${AMPLE:-5000}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS="${REDIS:-redis://127.0.0.1:6379}"
 OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "${OUT}"
 BIN="${BIN:-target/release/examples/flash_sale}"
 
 # One run: $1 sale|ample, $2 db|redis, $3 round, then flash_sale's flags.
