@@ -125,8 +125,8 @@ impl Inventory {
         Inventory::open_with(url, Options::default()).await
     }
 
-    /// [`Inventory::open`] with `options`; with a Redis, loads every hot SKU into it (a
-    /// Redis that is down is loaded when it answers).
+    /// [`Inventory::open`] with `options`. With a Redis, hot SKUs are loaded into it by
+    /// the first [`Inventory::reconcile`] (and by a screen that finds their keys missing).
     pub async fn open_with(url: &str, options: Options) -> Result<Arc<Inventory>, service::Error> {
         let barrier = service::open(
             url,
@@ -145,11 +145,6 @@ impl Inventory {
             reconciling: tokio::sync::Mutex::new(()),
         });
         inventory.refresh().await?;
-        if inventory.hot.is_some()
-            && let Err(error) = inventory.reconcile().await
-        {
-            tracing::warn!(%error, "hot SKUs not loaded into Redis yet");
-        }
         Ok(inventory)
     }
 
@@ -352,10 +347,16 @@ impl Inventory {
         Ok(done)
     }
 
-    /// Reconciles every hot SKU each `every`, and so also notices Redis coming back.
+    /// Reconciles every hot SKU now and then each `every`, and so also notices Redis
+    /// coming back.
     pub fn reconcile_every(self: &Arc<Inventory>, every: Duration) -> tokio::task::JoinHandle<()> {
         let inventory = Arc::downgrade(self);
         tokio::spawn(async move {
+            if let Some(inventory) = inventory.upgrade()
+                && let Err(error) = inventory.reconcile().await
+            {
+                tracing::warn!(%error, "hot SKUs not loaded into Redis yet");
+            }
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inventory) = inventory.upgrade() else {

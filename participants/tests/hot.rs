@@ -692,3 +692,67 @@ fn a_confirm_between_the_database_read_and_the_repair_does_not_raise_the_stock()
         assert_eq!((done.stock, done.drift), (9, Some(0)));
     });
 }
+
+both!(settle_participants_reconcile_repairs_redis_and_prints_the_drift);
+async fn settle_participants_reconcile_repairs_redis_and_prints_the_drift(backend: Backend) {
+    let db = TestDb::per_service(backend, &shop::SERVICES).await;
+    let config = hot::Config {
+        url: shared_url(),
+        prefix: unique_prefix(),
+        policy: Policy::Fallback,
+    };
+    let url = shop::database_url(&db.url, shop::INVENTORY);
+    let inventory = Inventory::open_with(
+        &url,
+        settle_participants::inventory::Options {
+            redis: Some(config.clone()),
+        },
+    )
+    .await
+    .expect("inventory");
+    inventory.restock(SKU, 7).await.expect("restock");
+    inventory.mark_hot(SKU).await.expect("mark hot");
+    // Redis made high by hand, as a stale snapshot restored would.
+    let key = format!("{}:stock:{SKU}", config.prefix);
+    settle_testkit::redis::command(&config.url, &["SET", &key, "100"])
+        .await
+        .expect("SET");
+
+    let reconcile = |redis: Option<String>| {
+        let (database, prefix) = (db.url.clone(), config.prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_settle-participants"));
+            command.args(["--database", &database, "--redis-prefix", &prefix]);
+            if let Some(redis) = redis {
+                command.args(["--redis", &redis]);
+            }
+            command
+                .arg("reconcile")
+                .output()
+                .expect("run settle-participants")
+        })
+    };
+    let output = reconcile(Some(config.url.clone())).await.expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains(&format!("{SKU}  redis stock 7  drift +93")),
+        "{stdout}"
+    );
+    assert_eq!(
+        inventory
+            .hot()
+            .expect("hot")
+            .stock(SKU)
+            .await
+            .expect("redis"),
+        Some(7)
+    );
+
+    let refused = reconcile(None).await.expect("join");
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("reconcile needs --redis"),
+        "{refused:?}"
+    );
+}
