@@ -497,7 +497,7 @@ async fn a_stopped_redis_falls_back_to_the_database_and_the_hot_path_resumes(bac
 both!(a_stopped_redis_refuses_hot_trys_under_the_refuse_policy);
 async fn a_stopped_redis_refuses_hot_trys_under_the_refuse_policy(backend: Backend) {
     let mut redis = RedisServer::start().await;
-    let users: Vec<i64> = (1..=40).collect();
+    let users: Vec<i64> = (1..=50).collect();
     let shop = HotShop::start(backend, &redis.url(), Policy::Refuse, 2, 20, &users, |_| {
         false
     })
@@ -511,8 +511,12 @@ async fn a_stopped_redis_refuses_hot_trys_under_the_refuse_policy(backend: Backe
         value(samples, "settle_inventory_redis_up")
     };
     assert_eq!(up(&scrape(metrics).await), 1.0);
-    redis.stop();
-    let during = shop.buy(6..=15).await;
+    // Stopped while Trys are in flight, then a round with Redis down throughout.
+    let (stopping, ()) = tokio::join!(shop.buy(6..=15), async {
+        shop.wait_for_taken(7).await;
+        redis.stop();
+    });
+    let during = shop.buy(16..=25).await;
     assert_eq!(up(&scrape(metrics).await), 0.0, "Redis is down");
     assert_eq!(during.sold, 0, "{during:?}");
     assert_eq!(
@@ -523,17 +527,17 @@ async fn a_stopped_redis_refuses_hot_trys_under_the_refuse_policy(backend: Backe
     shop.quiet().await;
     assert_eq!(
         shop.stock().await.available,
-        15,
+        20 - before.sold - stopping.sold,
         "nothing taken while refusing"
     );
 
     redis.resume().await;
     wait_until_up(&shop.shop).await;
     assert_eq!(up(&scrape(metrics).await), 1.0, "Redis is back");
-    let after = shop.buy(16..=40).await;
+    let after = shop.buy(26..=50).await;
     shop.quiet().await;
     let stock = shop.stock().await;
-    assert_eq!(before.sold + after.sold, 20, "{after:?}");
+    assert_eq!(before.sold + stopping.sold + after.sold, 20, "{after:?}");
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 20));
     shop.assert_reconciled().await;
 }
