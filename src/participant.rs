@@ -24,6 +24,11 @@ pub struct Branch {
     pub action: String,
     /// The payload the initiator sent.
     pub payload: Bytes,
+    /// This delivery's number, unique within the process: the same in
+    /// [`Participant::screen_try`], the op and [`Participant::after`], so state a screen
+    /// keeps for its own call (units it took elsewhere) is found again by that call alone,
+    /// not by a repeated delivery of the same branch.
+    pub delivery: u64,
 }
 
 impl Branch {

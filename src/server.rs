@@ -452,6 +452,9 @@ impl Registrar {
     }
 }
 
+/// Numbers every delivery this process receives ([`Branch::delivery`]).
+static DELIVERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct ParticipantService<P> {
     participant: Arc<P>,
     barrier: Barrier,
@@ -537,6 +540,7 @@ impl<P: Participant> ParticipantService<P> {
             branch_id: req.branch_id,
             action: req.action,
             payload: req.payload,
+            delivery: DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         if op == Op::Try {
             self.participant

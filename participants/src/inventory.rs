@@ -101,6 +101,9 @@ pub struct Inventory {
     campaigns: RwLock<HashMap<String, Campaign>>,
     /// One reconcile at a time: a flushed Redis sends every screen to reload.
     reconciling: tokio::sync::Mutex<()>,
+    /// Deliveries ([`Branch::delivery`]) whose screen took units in Redis, until `after`:
+    /// only the delivery that took them gives them back, never a repeated one.
+    taken: std::sync::Mutex<HashSet<u64>>,
 }
 
 /// How a hot screen ended when it did not accept.
@@ -143,6 +146,7 @@ impl Inventory {
             hot_skus: RwLock::new(HashSet::new()),
             campaigns: RwLock::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
+            taken: std::sync::Mutex::new(HashSet::new()),
         });
         inventory.refresh().await?;
         Ok(inventory)
@@ -291,6 +295,12 @@ impl Inventory {
     /// the database gave them back (or never took them); an outcome that is not known
     /// leaves them out, for the reconcile to find.
     async fn mirror(&self, op: Op, branch: &Branch, outcome: Outcome) {
+        let took = op == Op::Try
+            && self
+                .taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&branch.delivery);
         let Some(hot) = &self.hot else { return };
         let Ok(units) = units(branch) else { return };
         if !self.is_hot(&units.sku) || !hot.is_up() {
@@ -299,6 +309,9 @@ impl Inventory {
         let member = member(branch);
         let sku = units.sku.as_str();
         let mirrored = match (op, outcome) {
+            // A Try gives back only what its own screen took: a repeated delivery that
+            // fails must not release the units of the one that succeeded.
+            (Op::Try, _) if !took => return,
             (Op::Try, Outcome::RolledBack) => hot.release(sku, &member, false).await.map(drop),
             (Op::Try, Outcome::Hanging) => hot.release(sku, &member, true).await.map(drop),
             (Op::Cancel, Outcome::Applied | Outcome::EmptyRollback | Outcome::Duplicate) => {
@@ -547,7 +560,14 @@ impl Inventory {
         for reloaded in [false, true] {
             let take = hot.take(&units.sku, &member, units.qty).await;
             return match take.map_err(|_| Screened::Down)? {
-                Take::Taken | Take::Already => Ok(()),
+                Take::Taken => {
+                    self.taken
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(branch.delivery);
+                    Ok(())
+                }
+                Take::Already => Ok(()),
                 Take::Short(0) => Err(Screened::Refused(Error::refuse("sold out (redis)"))),
                 Take::Short(n) => Err(Screened::Refused(Error::refuse(format!(
                     "only {n} left (redis)"

@@ -760,3 +760,42 @@ async fn settle_participants_reconcile_repairs_redis_and_prints_the_drift(backen
         "{refused:?}"
     );
 }
+
+both!(a_repeated_try_that_fails_gives_back_nothing_of_what_the_first_took);
+async fn a_repeated_try_that_fails_gives_back_nothing_of_what_the_first_took(backend: Backend) {
+    use settle::{
+        Branch, Participant,
+        participant::{Op, Outcome},
+    };
+    let shop = HotShop::start(backend, &shared_url(), Policy::Fallback, 1, 5, &[], |_| {
+        false
+    })
+    .await;
+    let inventory = &shop.shop.inventory;
+    let delivery = |delivery: u64| Branch {
+        gid: "R1".to_owned(),
+        branch_id: 1,
+        action: "reserve".to_owned(),
+        payload: serde_json::to_vec(&Units::new(SKU, 1))
+            .expect("json")
+            .into(),
+        delivery,
+    };
+    let (first, again) = (delivery(u64::MAX - 1), delivery(u64::MAX - 2));
+
+    inventory
+        .screen_try(&first)
+        .await
+        .expect("first screen takes");
+    inventory
+        .screen_try(&again)
+        .await
+        .expect("the repeat takes nothing");
+    assert_eq!(shop.redis_stock(inventory).await, 4);
+    // The repeat is shed (or its transaction fails): the first delivery's unit stays taken.
+    inventory.after(Op::Try, &again, Outcome::RolledBack).await;
+    assert_eq!(shop.redis_stock(inventory).await, 4);
+    // The first delivery's own failure gives it back.
+    inventory.after(Op::Try, &first, Outcome::RolledBack).await;
+    assert_eq!(shop.redis_stock(inventory).await, 5);
+}
