@@ -3,11 +3,12 @@
 //! the inventory service; and the reconciliation that keeps that copy at or below the
 //! database's truth.
 //!
-//! Per hot SKU, under a key prefix, Redis holds `stock:SKU` (units it may still hand out)
-//! and `holds:SKU` (branch → units and when they were taken, for every reservation Redis
-//! made whose end it has not seen), and per branch `branch:GID/ID`, `cancelled` or `done`,
-//! kept for [`MARK_TTL`]: the barrier's rules mirrored, so a duplicate Try takes nothing
-//! twice and a Try after its Cancel is refused without the database. Every change that
+//! Per hot SKU, under a key prefix, Redis holds `stock:SKU` (units it may still hand out),
+//! `holds:SKU` (branch → units and when they were taken, for every reservation Redis made
+//! whose end it has not seen) and `confirms:SKU` (holds confirmed so far, which tells a
+//! reconcile that the database moved under it); per branch, `branch:GID/ID` is `cancelled`
+//! or `done` for [`MARK_TTL`]: the barrier's rules mirrored, so a duplicate Try takes
+//! nothing twice and a Try after its Cancel is refused without the database. Every change that
 //! returns units to Redis happens only after the database committed the same change; every
 //! doubt leaves Redis lower, never higher, and [`HotStock::reconcile`] repairs it upwards
 //! from a consistent read of the database. ARCHITECTURE.md ("The hot path") says why no
