@@ -67,6 +67,15 @@ pub async fn fresh_database(admin: &str, name: &str) -> Result<String, sqlx::Err
     Ok(format!("{base}/{name}"))
 }
 
+/// [`fresh_database`] `name` on the test server, failing the test when PostgreSQL is not
+/// there.
+async fn required_database(name: &str) -> String {
+    let admin = postgres_admin_url();
+    fresh_database(&admin, name).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
+    })
+}
+
 /// A database that exists for one test and is removed after it.
 #[derive(Debug)]
 pub struct TestDb {
@@ -89,10 +98,7 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let name = format!("settle_test_{:016x}", rand::random::<u64>());
-                let admin = postgres_admin_url();
-                let url = fresh_database(&admin, &name).await.unwrap_or_else(|e| {
-                    panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
-                });
+                let url = required_database(&name).await;
                 TestDb {
                     url,
                     _dir: None,
@@ -117,15 +123,13 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let stem = format!("settle_test_{:016x}", rand::random::<u64>());
-                let admin = postgres_admin_url();
                 let mut pg_names = Vec::new();
                 for service in services {
                     let name = format!("{stem}_{service}");
-                    fresh_database(&admin, &name).await.unwrap_or_else(|e| {
-                        panic!("PostgreSQL is required at {admin} (set SETTLE_TEST_POSTGRES): {e}")
-                    });
+                    required_database(&name).await;
                     pg_names.push(name);
                 }
+                let admin = postgres_admin_url();
                 let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
                 TestDb {
                     url: format!("{base}/{stem}_{{service}}"),
