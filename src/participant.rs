@@ -113,8 +113,9 @@ pub trait Participant: Send + Sync + 'static {
 
     /// Told how each call ended, after its local transaction committed or rolled back (a
     /// Try only once [`Participant::screen_try`] accepted it): for state outside the
-    /// local database that must follow the call, such as a Redis copy of the stock. Does
-    /// nothing unless implemented; it cannot change the answer.
+    /// local database that must follow the call, such as a Redis copy of the stock. A call
+    /// whose caller gave up mid-way (its deadline passed) is told [`Outcome::Unknown`] from
+    /// a task of its own. Does nothing unless implemented; it cannot change the answer.
     fn after(&self, op: Op, branch: &Branch, outcome: Outcome) -> impl Future<Output = ()> + Send {
         let _ = (op, branch, outcome);
         async {}

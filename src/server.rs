@@ -542,13 +542,20 @@ impl<P: Participant> ParticipantService<P> {
             payload: req.payload,
             delivery: DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
-        if op == Op::Try {
-            self.participant
-                .screen_try(&branch)
-                .await
-                .map_err(participant_status)?;
+        let mut pending = PendingAfter {
+            participant: &self.participant,
+            op,
+            branch: &branch,
+            owed: true,
+        };
+        if op == Op::Try
+            && let Err(error) = self.participant.screen_try(&branch).await
+        {
+            pending.owed = false;
+            return Err(participant_status(error));
         }
         let (answer, outcome) = self.admitted(op, &branch).await;
+        pending.owed = false;
         self.participant.after(op, &branch, outcome).await;
         answer
     }
@@ -599,6 +606,29 @@ impl<P: Participant> ParticipantService<P> {
                 let meters = self.meters.as_deref();
                 alone(&*self.participant, &self.barrier, meters, op, branch, false).await
             }
+        }
+    }
+}
+
+/// A call whose [`Participant::after`] is still owed. When the caller gives up (its
+/// deadline passes) the handler is dropped mid-call; then `after` is told `Unknown` from a
+/// task of its own, since the call may or may not have committed.
+struct PendingAfter<'a, P: Participant> {
+    participant: &'a Arc<P>,
+    op: Op,
+    branch: &'a Branch,
+    owed: bool,
+}
+
+impl<P: Participant> Drop for PendingAfter<'_, P> {
+    fn drop(&mut self) {
+        if !self.owed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (participant, op, branch) =
+                (self.participant.clone(), self.op, self.branch.clone());
+            runtime.spawn(async move { participant.after(op, &branch, Outcome::Unknown).await });
         }
     }
 }

@@ -195,6 +195,7 @@ impl Harness {
                     }
                     None => {
                         check(created, "a new Begin did not create")?;
+                        check(found.version == 0, "a new transaction's version")?;
                         self.model.txs[tx] = Some(Tx {
                             status: Status::Trying,
                             branches: vec![BranchStatus::Pending; branches],
@@ -504,9 +505,9 @@ fn model_test(backend: Backend) {
                 break;
             }
         }
-        runtime.block_on(finish_everything(&h));
+        let cleaned = runtime.block_on(finish_everything(&h));
         *harness.lock().expect("lock") = Some(h.store);
-        if let Some(failure) = failure {
+        if let Some(failure) = failure.or(cleaned.err()) {
             return Err(TestCaseError::fail(failure));
         }
     });
@@ -514,7 +515,7 @@ fn model_test(backend: Backend) {
 
 /// Drives every unfinished transaction of the case to its end, so that the next case's
 /// claims find none of them.
-async fn finish_everything(h: &Harness) {
+async fn finish_everything(h: &Harness) -> Result<(), String> {
     for tx in 0..TXS {
         let gid = gid(h.case, tx);
         let Ok(Some(found)) = h.store.get(&gid).await else {
@@ -562,11 +563,11 @@ async fn finish_everything(h: &Harness) {
                 NEVER,
             )
             .await;
-        assert!(
-            matches!(result, Ok(RoundResult::Finished(_))),
-            "cleanup of {gid} ({found:?}): {result:?}"
-        );
+        if !matches!(result, Ok(RoundResult::Finished(_))) {
+            return Err(format!("cleanup of {gid} ({found:?}): {result:?}"));
+        }
     }
+    Ok(())
 }
 
 #[test]

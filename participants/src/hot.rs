@@ -10,7 +10,7 @@
 //! or `done` for [`MARK_TTL`]: the barrier's rules mirrored, so a duplicate Try takes
 //! nothing twice and a Try after its Cancel is refused without the database. Every change that
 //! returns units to Redis happens only after the database committed the same change; every
-//! doubt leaves Redis lower, never higher, and [`HotStock::reconcile`] repairs it upwards
+//! doubt leaves Redis lower, not higher, and [`HotStock::reconcile`] repairs it upwards
 //! from a consistent read of the database. ARCHITECTURE.md ("The hot path") says why no
 //! interleaving of crashes oversells.
 //!
@@ -139,6 +139,7 @@ pub struct HotStock {
     meters: Meters,
     take: Script,
     release: Script,
+    add: Script,
     confirm: Script,
     reconcile: Script,
 }
@@ -183,6 +184,13 @@ if held then
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
 return tonumber(qty)
+";
+
+/// KEYS: stock. ARGV: units the database added. A stock that vanished is left to the
+/// reload, which reads the database whole.
+const ADD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return -1
 ";
 
 /// KEYS: holds, branch mark, confirms. ARGV: branch, mark TTL. The units are sold: the
@@ -251,6 +259,7 @@ impl HotStock {
             meters: Meters::default(),
             take: Script::new(TAKE),
             release: Script::new(RELEASE),
+            add: Script::new(ADD),
             confirm: Script::new(CONFIRM),
             reconcile: Script::new(RECONCILE),
         })
@@ -356,6 +365,17 @@ impl HotStock {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.failed(e))
+    }
+
+    /// Adds `qty` units of `sku` that the database has just added (a restock).
+    pub async fn add(&self, sku: &str, qty: i64) -> Result<(), Error> {
+        self.add
+            .key(self.key("stock", sku))
+            .arg(qty)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
     }
 
     /// Ends `branch`'s hold of `sku`: its units are sold.

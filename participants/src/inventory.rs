@@ -177,7 +177,8 @@ impl Inventory {
     pub async fn mark_hot(&self, sku: &str) -> Result<(), service::Error> {
         let pool = self.barrier.database().pool();
         let marked = sqlx::query(
-            "INSERT INTO hot_sku (sku) SELECT sku FROM sku WHERE sku = $1              ON CONFLICT (sku) DO NOTHING",
+            "INSERT INTO hot_sku (sku) SELECT sku FROM sku WHERE sku = $1 \
+             ON CONFLICT (sku) DO NOTHING",
         )
         .bind(sku)
         .execute(pool)
@@ -209,6 +210,12 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// Whether `sku` is hot and this inventory has a Redis for it: only then are its
+    /// reservations recorded in `hot_hold` for the reconcile.
+    fn on_hot_path(&self, sku: &str) -> bool {
+        self.hot.is_some() && self.is_hot(sku)
     }
 
     /// Whether `sku` is hot.
@@ -247,7 +254,7 @@ impl Inventory {
         cancelled: bool,
         conn: &mut AnyConnection,
     ) -> Result<(), Error> {
-        if self.is_hot(&units.sku) {
+        if self.on_hot_path(&units.sku) {
             sqlx::query("DELETE FROM hot_hold WHERE gid = $1 AND branch_id = $2")
                 .bind(&branch.gid)
                 .bind(i64::from(branch.branch_id))
@@ -390,7 +397,8 @@ impl Inventory {
         let holds = hot.holds(sku).await?;
         let pool = self.barrier.database().pool();
         let rows = sqlx::query(
-            "SELECT s.available, h.gid, h.branch_id FROM sku s              LEFT JOIN hot_hold h ON h.sku = s.sku WHERE s.sku = $1",
+            "SELECT s.available, h.gid, h.branch_id FROM sku s \
+             LEFT JOIN hot_hold h ON h.sku = s.sku WHERE s.sku = $1",
         )
         .bind(sku)
         .fetch_all(pool)
@@ -484,12 +492,11 @@ impl Inventory {
         self.stock_returned(sku);
         if let Some(hot) = &self.hot
             && self.is_hot(sku)
+            && hot.is_up()
+            && let Err(error) = hot.add(sku, qty).await
         {
-            // The new units are sellable through Redis at once, not at the next tick.
-            let _one = self.reconciling.lock().await;
-            if let Err(error) = self.reconcile_sku(hot, sku).await {
-                tracing::warn!(sku, %error, "restocked units reach Redis at the next reconcile");
-            }
+            // Redis is lower than the database until the next reconcile: safe.
+            tracing::warn!(sku, %error, "restocked units reach Redis at the next reconcile");
         }
         Ok(())
     }
@@ -604,7 +611,7 @@ impl Inventory {
         if let (Some(campaign), Some(user_id)) = (self.campaign_of(units), units.user_id) {
             campaign.take(conn, user_id, units.qty).await?;
         }
-        let hot = self.is_hot(&units.sku);
+        let hot = self.on_hot_path(&units.sku);
         if hot {
             sqlx::query("INSERT INTO hot_hold (gid, branch_id, sku, qty) VALUES ($1, $2, $3, $4)")
                 .bind(&branch.gid)

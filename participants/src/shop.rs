@@ -46,7 +46,8 @@ pub struct InventoryOptions {
     pub replicas: usize,
     /// Where hot SKUs keep their stock ([`inventory::Options::redis`]).
     pub redis: Option<hot::Config>,
-    /// How often each replica reconciles Redis with the database (with a Redis; default 1 s).
+    /// How often each replica reads campaigns and hot marks again and, with a Redis,
+    /// reconciles it with the database (default 1 s).
     pub reconcile_every: Option<Duration>,
 }
 
@@ -174,10 +175,8 @@ impl Shop {
         for i in 0..inventory.replicas.max(1) {
             let replica =
                 Inventory::open_with(&database_url(database, INVENTORY), opened.clone()).await?;
-            if replica.hot().is_some() {
-                replica
-                    .reconcile_every(inventory.reconcile_every.unwrap_or(Duration::from_secs(1)));
-            }
+            // Also without a Redis: the loop reads campaigns and hot marks again.
+            replica.reconcile_every(inventory.reconcile_every.unwrap_or(Duration::from_secs(1)));
             let name = inventory_replica(i);
             let serving = serve(
                 &name,

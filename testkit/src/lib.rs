@@ -2,10 +2,10 @@
 //! database per test and the `both!` macro that runs a test on SQLite and on PostgreSQL
 //! ([`db`]), an in-process coordinator and the calls every test makes of it
 //! ([`coordinator`]), a participant that records every call and answers as the test says
-//! ([`recorder`]), a scrape of `/metrics` ([`metrics`]), real Redis with a prefix or a server of the test's own
-//! ([`redis`]), and the `stock` participant that the
-//! SDK tests drive ([`stock`]). The
-//! examples and the bench use its fresh PostgreSQL databases and `stock` too.
+//! ([`recorder`]), a scrape of `/metrics` ([`metrics`]), real Redis with a prefix or a
+//! server of the test's own ([`redis`]), a test CA ([`pki`]), and the `stock` participant
+//! that the SDK tests drive ([`stock`]). The examples and the bench use its fresh
+//! PostgreSQL databases and `stock` too.
 //!
 //! Helpers that one test file alone needs stay in that file. This crate is never published;
 //! crates take it as a dev-dependency.

@@ -63,13 +63,20 @@ struct Args {
     /// `refuse` (refused as temporarily unavailable).
     #[arg(long, env = "SETTLE_REDIS_FAILURE", default_value = "fallback")]
     redis_failure: Policy,
-    /// Mark this SKU hot (repeatable, or comma-separated); it must exist. Hot SKUs stay
-    /// hot: the mark is in the inventory database.
-    #[arg(long, env = "SETTLE_HOT_SKU", value_delimiter = ',')]
+    /// Mark this SKU hot (repeatable, or comma-separated); it must exist (restocked). Hot
+    /// SKUs stay hot: the mark is in the inventory database.
+    #[arg(
+        long,
+        env = "SETTLE_HOT_SKU",
+        value_delimiter = ',',
+        requires = "redis"
+    )]
     hot_sku: Vec<String>,
-    /// How often the inventory compares Redis with the database and repairs it (and so
-    /// how soon it notices Redis coming back), in milliseconds.
-    #[arg(long, env = "SETTLE_RECONCILE_EVERY_MS", default_value_t = 1000)]
+    /// How often the inventory reads campaigns and hot marks again and compares Redis
+    /// with the database and repairs it (and so how soon it notices Redis coming back), in
+    /// milliseconds.
+    #[arg(long, env = "SETTLE_RECONCILE_EVERY_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     reconcile_every_ms: u64,
     /// The coordinator to register with.
     #[arg(
@@ -158,7 +165,11 @@ async fn reconcile(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let url = database_url(&args.database, shop::INVENTORY);
     let inventory = Inventory::open_with(&url, args.inventory()).await?;
-    for (sku, done) in inventory.reconcile().await? {
+    let done = inventory.reconcile().await?;
+    if done.is_empty() {
+        println!("no hot SKUs in {url}");
+    }
+    for (sku, done) in done {
         let drift = match done.drift {
             Some(drift) => format!("drift {drift:+}"),
             None => "loaded (keys were missing)".to_owned(),
@@ -271,9 +282,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for sku in &args.hot_sku {
                     s.mark_hot(sku).await?;
                 }
-                if s.hot().is_some() {
-                    s.reconcile_every(Duration::from_millis(args.reconcile_every_ms.max(1)));
-                }
+                s.reconcile_every(Duration::from_millis(args.reconcile_every_ms));
                 shop::serve(name, s.clone(), s.barrier(), c, addr, options.clone()).await?
             }
             shop::ORDER => {
