@@ -2,12 +2,12 @@
 //! SQLite and PostgreSQL, each with a transaction per call and with group commit
 //! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
 //! Trys (alone and among others committed together), the Try/Cancel race, retention, and
-//! the participant's metrics, scraped after known calls; and shedding under
-//! `Serve::max_concurrent`.
+//! the participant's metrics, scraped after known calls; shedding under
+//! `Serve::max_concurrent`; and what `Participant::after` is told of each call.
 
 use std::time::Duration;
 
-use settle::{Barrier, proto::v1 as pb};
+use settle::{Barrier, participant::Outcome, proto::v1 as pb};
 use settle_proto::v1::participant_client::ParticipantClient;
 use settle_testkit::{Backend, TestDb, scrape, stock, value, wait_for_value};
 use sqlx::Row;
@@ -500,3 +500,99 @@ async fn a_try_over_the_limit_is_refused_and_a_cancel_waits_for_a_place(
     f.serving.stop().await.expect("stop");
 }
 each_mode!(a_try_over_the_limit_is_refused_and_a_cancel_waits_for_a_place);
+
+/// The stock participant, telling a channel each outcome `Participant::after` learns.
+struct Told(tokio::sync::mpsc::UnboundedSender<(settle::participant::Op, Outcome)>);
+
+impl settle::Participant for Told {
+    async fn r#try(
+        &self,
+        branch: &settle::Branch,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        settle::Participant::r#try(&stock::Stock, branch, conn).await
+    }
+
+    async fn confirm(
+        &self,
+        branch: &settle::Branch,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        settle::Participant::confirm(&stock::Stock, branch, conn).await
+    }
+
+    async fn cancel(
+        &self,
+        branch: &settle::Branch,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), settle::participant::Error> {
+        settle::Participant::cancel(&stock::Stock, branch, conn).await
+    }
+
+    async fn after(&self, op: settle::participant::Op, _: &settle::Branch, outcome: Outcome) {
+        let _ = self.0.send((op, outcome));
+    }
+}
+
+async fn after_is_told_every_outcome_and_unknown_for_a_call_given_up_on(
+    backend: Backend,
+    group_commit: bool,
+) {
+    use settle::participant::Op;
+    let f = fixture(backend, group_commit).await;
+    let (tell, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let mut serve = settle::serve("told", Told(tell), f.barrier.clone());
+    if group_commit {
+        serve = serve.group_commit(16);
+    }
+    let serving = serve
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
+    let client = ParticipantClient::connect(serving.url().to_owned())
+        .await
+        .expect("connect");
+    let call = |op: &'static str, req: pb::BranchRequest| {
+        let mut client = client.clone();
+        async move {
+            match op {
+                "try" => client.r#try(req).await,
+                _ => client.cancel(req).await,
+            }
+            .map(drop)
+            .map_err(|s| s.code())
+        }
+    };
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), told.recv())
+            .await
+            .expect("after is told within 10 s")
+            .expect("channel open")
+    };
+
+    call("try", request("a-1", 1, 1)).await.expect("try");
+    assert_eq!(next().await, (Op::Try, Outcome::Applied));
+    call("try", request("a-1", 1, 1)).await.expect("again");
+    assert_eq!(next().await, (Op::Try, Outcome::Duplicate));
+    call("cancel", request("a-2", 1, 1)).await.expect("cancel");
+    assert_eq!(next().await, (Op::Cancel, Outcome::EmptyRollback));
+    assert_eq!(call("try", request("a-2", 1, 1)).await, Err(Code::Aborted));
+    assert_eq!(next().await, (Op::Try, Outcome::Hanging));
+    assert_eq!(
+        call("try", request("a-3", 1, INITIAL + 1)).await,
+        Err(Code::Aborted)
+    );
+    assert_eq!(next().await, (Op::Try, Outcome::RolledBack));
+
+    // Another writer holds the row: the caller gives up, the handler is dropped, and
+    // `after` is still told, that nobody knows what became of the call.
+    let blocker = f.lock_stock_row().await;
+    let mut late = tonic::Request::new(request("a-4", 1, 1));
+    late.set_timeout(Duration::from_millis(200));
+    assert!(client.clone().r#try(late).await.is_err());
+    assert_eq!(next().await, (Op::Try, Outcome::Unknown));
+    blocker.rollback().await.expect("release");
+    serving.stop().await.expect("stop");
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(after_is_told_every_outcome_and_unknown_for_a_call_given_up_on);
