@@ -302,13 +302,14 @@ impl Inventory {
     /// the database gave them back (or never took them); an outcome that is not known
     /// leaves them out, for the reconcile to find.
     async fn mirror(&self, op: Op, branch: &Branch, outcome: Outcome) {
+        // Without a Redis nothing was taken, and no call pays for the lock below.
+        let Some(hot) = &self.hot else { return };
         let took = op == Op::Try
             && self
                 .taken
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&branch.delivery);
-        let Some(hot) = &self.hot else { return };
         let Ok(units) = units(branch) else { return };
         if !self.is_hot(&units.sku) || !hot.is_up() {
             return;
@@ -564,42 +565,44 @@ impl Inventory {
         units: &Units,
     ) -> Result<(), Screened> {
         let member = member(branch);
-        for reloaded in [false, true] {
-            let take = hot.take(&units.sku, &member, units.qty).await;
-            return match take.map_err(|_| Screened::Down)? {
-                Take::Taken => {
-                    self.taken
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(branch.delivery);
-                    Ok(())
-                }
-                Take::Already => Ok(()),
-                Take::Short(0) => Err(Screened::Refused(Error::refuse("sold out (redis)"))),
-                Take::Short(n) => Err(Screened::Refused(Error::refuse(format!(
-                    "only {n} left (redis)"
-                )))),
-                Take::Hanging => Err(Screened::Refused(Error::refuse(
-                    "try arrived after the branch was rolled back (redis)",
-                ))),
-                Take::Missing if !reloaded => {
-                    let _one = self.reconciling.lock().await;
-                    // Another screen may have reloaded it while this one waited.
-                    if let Ok(Some(_)) = hot.stock(&units.sku).await {
-                        continue;
+        let take = || async {
+            hot.take(&units.sku, &member, units.qty)
+                .await
+                .map_err(|_| Screened::Down)
+        };
+        let mut taken = take().await?;
+        if taken == Take::Missing {
+            let _one = self.reconciling.lock().await;
+            // Another screen may have reloaded it while this one waited.
+            if !matches!(hot.stock(&units.sku).await, Ok(Some(_))) {
+                match self.reconcile_sku(hot, &units.sku).await {
+                    Ok(_) => {}
+                    Err(service::Error::Invalid(reason)) => {
+                        return Err(Screened::Refused(Error::refuse(reason)));
                     }
-                    match self.reconcile_sku(hot, &units.sku).await {
-                        Ok(_) => continue,
-                        Err(service::Error::Invalid(reason)) => {
-                            Err(Screened::Refused(Error::refuse(reason)))
-                        }
-                        Err(_) => Err(Screened::Down),
-                    }
+                    Err(_) => return Err(Screened::Down),
                 }
-                Take::Missing => Err(Screened::Down),
-            };
+            }
+            taken = take().await?;
         }
-        Err(Screened::Down)
+        match taken {
+            Take::Taken => {
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(branch.delivery);
+                Ok(())
+            }
+            Take::Already => Ok(()),
+            Take::Short(0) => Err(Screened::Refused(Error::refuse("sold out (redis)"))),
+            Take::Short(n) => Err(Screened::Refused(Error::refuse(format!(
+                "only {n} left (redis)"
+            )))),
+            Take::Hanging => Err(Screened::Refused(Error::refuse(
+                "try arrived after the branch was rolled back (redis)",
+            ))),
+            Take::Missing => Err(Screened::Down),
+        }
     }
 
     async fn reserve(
