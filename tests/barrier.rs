@@ -58,11 +58,21 @@ async fn fixture_with(
     group_commit: bool,
     max_concurrent: Option<usize>,
 ) -> Fixture {
+    serving(backend, group_commit, max_concurrent, stock::Stock).await
+}
+
+/// A fixture serving `participant` on the stock database.
+async fn serving(
+    backend: Backend,
+    group_commit: bool,
+    max_concurrent: Option<usize>,
+    participant: impl settle::Participant,
+) -> Fixture {
     let db = TestDb::new(backend).await;
     let barrier = stock::open(&db.url, &[("apple", INITIAL)])
         .await
         .expect("open stock");
-    let mut serve = settle::serve("stock", stock::Stock, barrier.clone())
+    let mut serve = settle::serve("stock", participant, barrier.clone())
         .metrics_listen("127.0.0.1:0".parse().expect("addr"));
     if group_commit {
         serve = serve.group_commit(16);
@@ -539,30 +549,8 @@ async fn after_is_told_every_outcome_and_unknown_for_a_call_given_up_on(
     group_commit: bool,
 ) {
     use settle::participant::Op;
-    let f = fixture(backend, group_commit).await;
     let (tell, mut told) = tokio::sync::mpsc::unbounded_channel();
-    let mut serve = settle::serve("told", Told(tell), f.barrier.clone());
-    if group_commit {
-        serve = serve.group_commit(16);
-    }
-    let serving = serve
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("serve");
-    let client = ParticipantClient::connect(serving.url().to_owned())
-        .await
-        .expect("connect");
-    let call = |op: &'static str, req: pb::BranchRequest| {
-        let mut client = client.clone();
-        async move {
-            match op {
-                "try" => client.r#try(req).await,
-                _ => client.cancel(req).await,
-            }
-            .map(drop)
-            .map_err(|s| s.code())
-        }
-    };
+    let f = serving(backend, group_commit, None, Told(tell)).await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), told.recv())
             .await
@@ -570,16 +558,21 @@ async fn after_is_told_every_outcome_and_unknown_for_a_call_given_up_on(
             .expect("channel open")
     };
 
-    call("try", request("a-1", 1, 1)).await.expect("try");
+    f.call("try", request("a-1", 1, 1)).await.expect("try");
     assert_eq!(next().await, (Op::Try, Outcome::Applied));
-    call("try", request("a-1", 1, 1)).await.expect("again");
+    f.call("try", request("a-1", 1, 1)).await.expect("again");
     assert_eq!(next().await, (Op::Try, Outcome::Duplicate));
-    call("cancel", request("a-2", 1, 1)).await.expect("cancel");
+    f.call("cancel", request("a-2", 1, 1))
+        .await
+        .expect("cancel");
     assert_eq!(next().await, (Op::Cancel, Outcome::EmptyRollback));
-    assert_eq!(call("try", request("a-2", 1, 1)).await, Err(Code::Aborted));
+    assert_eq!(
+        f.call("try", request("a-2", 1, 1)).await,
+        Err(Code::Aborted)
+    );
     assert_eq!(next().await, (Op::Try, Outcome::Hanging));
     assert_eq!(
-        call("try", request("a-3", 1, INITIAL + 1)).await,
+        f.call("try", request("a-3", 1, INITIAL + 1)).await,
         Err(Code::Aborted)
     );
     assert_eq!(next().await, (Op::Try, Outcome::RolledBack));
@@ -589,10 +582,9 @@ async fn after_is_told_every_outcome_and_unknown_for_a_call_given_up_on(
     let blocker = f.lock_stock_row().await;
     let mut late = tonic::Request::new(request("a-4", 1, 1));
     late.set_timeout(Duration::from_millis(200));
-    assert!(client.clone().r#try(late).await.is_err());
+    assert!(f.client.clone().r#try(late).await.is_err());
     assert_eq!(next().await, (Op::Try, Outcome::Unknown));
     blocker.rollback().await.expect("release");
-    serving.stop().await.expect("stop");
     f.serving.stop().await.expect("stop");
 }
 each_mode!(after_is_told_every_outcome_and_unknown_for_a_call_given_up_on);
