@@ -9,6 +9,11 @@
 //! one branch serialise on the row's primary key, so the outcome is always one of the two
 //! legal orders.
 //!
+//! Transactional messages use the same table: a message's local transaction writes its
+//! row through [`enter_local`], and [`Barrier::local_status`] answers the coordinator's
+//! `QueryPrepared` from it, first making sure that a local transaction not committed by
+//! then never will.
+//!
 //! The guarantee holds for effects inside that local transaction only. A Try with effects
 //! outside it (a message sent, another service called) must compensate those itself: when
 //! such a Try fails after the outside effect, the barrier row is rolled back too, and the
@@ -76,16 +81,16 @@ pub async fn admit(
     let branch_id = i64::from(branch_id);
     if let Some(forward) = op.undoes() {
         // Record the forward op first: if that insert succeeds, it never ran here.
-        if insert(conn, gid, branch_id, forward).await? {
-            insert(conn, gid, branch_id, op).await?;
+        if insert(conn, gid, branch_id, forward.as_str()).await? {
+            insert(conn, gid, branch_id, op.as_str()).await?;
             return Ok(Admission::EmptyRollback);
         }
     }
-    if insert(conn, gid, branch_id, op).await? {
+    if insert(conn, gid, branch_id, op.as_str()).await? {
         return Ok(Admission::Proceed);
     }
     let blocked = match op.undone_by() {
-        Some(rollback) => exists(conn, gid, branch_id, rollback).await?,
+        Some(rollback) => exists(conn, gid, branch_id, rollback.as_str()).await?,
         None => false,
     };
     Ok(if blocked {
@@ -125,10 +130,60 @@ const EXISTS: &str = "SELECT COUNT(*) AS n FROM settle_barrier \
 // Only branches whose phase two (or compensation) ran here are removed: while a branch has
 // just its `try` (or `execute`) row, a Cancel (or Compensate) may still come, however late,
 // and must find it.
+// A message's rows go only once it rolled back: a committed local transaction's row may
+// still be asked about, however late, and must be found.
 const DELETE_OLD: &str = "DELETE FROM settle_barrier WHERE (gid, branch_id) IN \
                           (SELECT gid, branch_id FROM settle_barrier \
-                           WHERE op IN ('confirm', 'cancel', 'compensate') AND created_at < $1 \
+                           WHERE op IN ('confirm', 'cancel', 'compensate', 'message_rollback') \
+                               AND created_at < $1 \
                            LIMIT $2)";
+
+/// The branch id of a message's own rows: steps are 1, 2, …
+const MESSAGE_BRANCH: i64 = 0;
+/// The row a message's local transaction writes: committed, it is the proof that the
+/// message is to be delivered.
+const LOCAL: &str = "message";
+/// Written beside [`LOCAL`] when the local transaction had not committed by the time it was
+/// asked about (or it failed): from then on its [`LOCAL`] insert conflicts, so it never
+/// commits.
+const ROLLED_BACK: &str = "message_rollback";
+
+/// What the barrier says when a message's local transaction starts ([`enter_local`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalEntry {
+    /// The row is written in the caller's transaction: run the business writes, commit.
+    Proceed,
+    /// This local transaction already committed (the message is being repeated): do not
+    /// run it again.
+    Committed,
+    /// The message was rolled back (its service answered so, or an earlier attempt
+    /// failed): the local transaction must not commit.
+    RolledBack,
+}
+
+/// Where a message's local transaction stands, as `QueryPrepared` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalStatus {
+    /// It committed.
+    Committed,
+    /// It did not, and can no longer.
+    RolledBack,
+}
+
+/// Writes the barrier row of message `gid` inside the caller's write transaction, which
+/// then holds the business writes of the message's local transaction: they commit
+/// together, or not at all. A concurrent [`Barrier::local_status`] waits for this
+/// transaction on the row's key.
+pub async fn enter_local(conn: &mut AnyConnection, gid: &str) -> Result<LocalEntry, Error> {
+    if insert(conn, gid, MESSAGE_BRANCH, LOCAL).await? {
+        return Ok(LocalEntry::Proceed);
+    }
+    Ok(if exists(conn, gid, MESSAGE_BRANCH, ROLLED_BACK).await? {
+        LocalEntry::RolledBack
+    } else {
+        LocalEntry::Committed
+    })
+}
 
 /// The barrier table of one participant database.
 #[derive(Debug, Clone)]
@@ -182,13 +237,34 @@ impl Barrier {
         })
     }
 
+    /// Whether the local transaction of message `gid` committed. When it did not, the rows
+    /// that keep it from ever committing are written first, in one transaction: the
+    /// answer cannot be overtaken by a late commit. A local transaction still open waits
+    /// this out on the row's key, or this waits for it.
+    pub async fn local_status(&self, gid: &str) -> Result<LocalStatus, Error> {
+        let mut tx = self.db.begin_write().await?;
+        if insert(&mut tx, gid, MESSAGE_BRANCH, LOCAL).await? {
+            insert(&mut tx, gid, MESSAGE_BRANCH, ROLLED_BACK).await?;
+            tx.commit().await?;
+            return Ok(LocalStatus::RolledBack);
+        }
+        let rolled_back = exists(&mut tx, gid, MESSAGE_BRANCH, ROLLED_BACK).await?;
+        tx.rollback().await?;
+        Ok(if rolled_back {
+            LocalStatus::RolledBack
+        } else {
+            LocalStatus::Committed
+        })
+    }
+
     /// Deletes the rows of up to `batch` finished branches — those whose Confirm, Cancel or
     /// Compensate ran here more than `age` ago; returns how many rows went. Call it until it
     /// deletes nothing. A branch with only its Try (or Execute) row is never deleted, since
     /// its phase two may still come. Keep `age` well above the longest transaction timeout:
     /// a Try delivered after its Cancel's rows are gone is no longer recognised as hanging.
     /// The rows of a saga step that executed and was never compensated stay; they are the
-    /// only record that a late Compensate must undo it.
+    /// only record that a late Compensate must undo it. So does the row of a message whose
+    /// local transaction committed; a rolled-back message's rows go.
     pub async fn delete_older_than(
         &self,
         age: std::time::Duration,
@@ -208,12 +284,12 @@ async fn insert(
     conn: &mut AnyConnection,
     gid: &str,
     branch_id: i64,
-    op: Op,
+    op: &str,
 ) -> Result<bool, Error> {
     let done = sqlx::query(INSERT)
         .bind(gid)
         .bind(branch_id)
-        .bind(op.as_str())
+        .bind(op)
         .bind(now_ms())
         .execute(conn)
         .await?;
@@ -224,12 +300,12 @@ async fn exists(
     conn: &mut AnyConnection,
     gid: &str,
     branch_id: i64,
-    op: Op,
+    op: &str,
 ) -> Result<bool, Error> {
     let row = sqlx::query(EXISTS)
         .bind(gid)
         .bind(branch_id)
-        .bind(op.as_str())
+        .bind(op)
         .fetch_one(conn)
         .await?;
     Ok(row.try_get::<i64, _>("n")? > 0)

@@ -87,6 +87,7 @@ pub mod barrier;
 pub mod client;
 pub mod context;
 pub mod db;
+pub mod message;
 pub mod metrics;
 pub mod participant;
 pub mod saga;
@@ -94,6 +95,7 @@ pub mod server;
 
 pub use barrier::Barrier;
 pub use client::{Client, Credentials, Transaction};
+pub use message::Message;
 pub use participant::{Branch, Participant};
 pub use saga::{Saga, SagaOnly, SagaParticipant};
 pub use server::serve;

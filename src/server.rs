@@ -478,11 +478,7 @@ impl Callers {
     /// Refuses a call whose connection has no verified certificate, a phase-two call from
     /// anyone but the coordinator, and a Try from a caller not listed.
     fn check(&self, op: Op, peer: Option<&Peer>) -> Result<(), Status> {
-        let Some(caller) = peer.and_then(|peer| peer.identity.as_deref()) else {
-            return Err(Status::unauthenticated(
-                "a client certificate from the trusted CA is required",
-            ));
-        };
+        let caller = Callers::identity(peer)?;
         let allowed = match op {
             Op::Try => self
                 .try_from
@@ -497,12 +493,33 @@ impl Callers {
                 "Try is not accepted from {caller}"
             )))
         } else {
-            Err(Status::permission_denied(format!(
-                "{} is accepted only from the coordinator ({}), not from {caller}",
-                op.as_str(),
-                self.coordinator
-            )))
+            Err(self.not_coordinator(op.as_str(), caller))
         }
+    }
+
+    /// Refuses a QueryPrepared from anyone but the coordinator: its answer can roll a
+    /// message back.
+    fn check_query(&self, peer: Option<&Peer>) -> Result<(), Status> {
+        let caller = Callers::identity(peer)?;
+        if caller == self.coordinator {
+            Ok(())
+        } else {
+            Err(self.not_coordinator("QueryPrepared", caller))
+        }
+    }
+
+    fn identity(peer: Option<&Peer>) -> Result<&str, Status> {
+        peer.and_then(|peer| peer.identity.as_deref())
+            .ok_or_else(|| {
+                Status::unauthenticated("a client certificate from the trusted CA is required")
+            })
+    }
+
+    fn not_coordinator(&self, what: &str, caller: &str) -> Status {
+        Status::permission_denied(format!(
+            "{what} is accepted only from the coordinator ({}), not from {caller}",
+            self.coordinator
+        ))
     }
 }
 
@@ -903,5 +920,38 @@ impl<P: Participant> pb::participant_server::Participant for ParticipantService<
         request: Request<pb::BranchRequest>,
     ) -> Result<Response<pb::BranchResponse>, Status> {
         self.handle(Op::Compensate, request).await
+    }
+
+    /// Answered from the barrier table alone, for any participant: a service that runs
+    /// messages' local transactions in this participant's database needs nothing more.
+    async fn query_prepared(
+        &self,
+        request: Request<pb::QueryPreparedRequest>,
+    ) -> Result<Response<pb::QueryPreparedResponse>, Status> {
+        if let Some(callers) = &self.callers {
+            callers.check_query(request.extensions().get::<Peer>())?;
+        }
+        let gid = request.into_inner().gid;
+        if gid.is_empty() || gid.len() > 128 {
+            return Err(Status::invalid_argument(format!(
+                "gid must be 1 to 128 characters; {} given",
+                gid.len()
+            )));
+        }
+        let status = match self
+            .barrier
+            .local_status(&gid)
+            .await
+            .map_err(barrier_status)?
+        {
+            barrier::LocalStatus::Committed => pb::LocalStatus::Committed,
+            barrier::LocalStatus::RolledBack => {
+                info!(%gid, "message queried before its local transaction committed: rolled back");
+                pb::LocalStatus::RolledBack
+            }
+        };
+        Ok(Response::new(pb::QueryPreparedResponse {
+            status: status as i32,
+        }))
     }
 }

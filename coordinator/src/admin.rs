@@ -115,12 +115,16 @@ pub struct Admin {
     engine: Engine,
 }
 
-/// Statuses in which a decision is being carried out, so the transaction can be retried,
-/// paused or have a branch resolved.
+/// Statuses in which a decision is being carried out (or, for a PREPARED message, is
+/// asked for), so the transaction can be retried, paused or have a branch resolved.
 fn in_phase_two(status: Status) -> bool {
     matches!(
         status,
-        Status::Committing | Status::Aborting | Status::Running | Status::Compensating
+        Status::Committing
+            | Status::Aborting
+            | Status::Running
+            | Status::Compensating
+            | Status::Prepared
     )
 }
 
@@ -304,6 +308,10 @@ impl Admin {
                      force-aborted",
                     tx.status
                 ))),
+                Status::Prepared => Err(Error::FailedPrecondition(format!(
+                    "{gid} is a PREPARED message: its local transaction may have committed, \
+                     so only its service can say; retry asks it now"
+                ))),
                 Status::Trying => Err(Error::FailedPrecondition(format!(
                     "{gid} changed while aborting; try again"
                 ))),
@@ -370,7 +378,7 @@ impl Admin {
         if !in_phase_two(tx.status) {
             return Err(Error::FailedPrecondition(format!(
                 "{gid} is {}: branches can be resolved only while a decision is carried out \
-                 (COMMITTING, ABORTING, RUNNING, COMPENSATING)",
+                 (COMMITTING, ABORTING, RUNNING, COMPENSATING, PREPARED)",
                 tx.status
             )));
         }
@@ -407,7 +415,7 @@ impl Admin {
         if !in_phase_two(tx.status) {
             return Err(Error::FailedPrecondition(format!(
                 "{gid} is {}: only a transaction carrying out its decision (COMMITTING, \
-                 ABORTING, RUNNING, COMPENSATING) can be paused",
+                 ABORTING, RUNNING, COMPENSATING, PREPARED) can be paused",
                 tx.status
             )));
         }

@@ -1,16 +1,18 @@
-//! The coordinator's two modes on one [`Context`]: [`Tcc`] and the saga functions are
-//! peers that share the store, the participants and the settings, and [`Engine`] is what
+//! The coordinator's three modes on one [`Context`]: [`Tcc`], the saga functions and the
+//! message functions are peers that share the store, the participants and the settings, and [`Engine`] is what
 //! the gRPC services, the admin and the recovery loop hold. Work that comes back to the
 //! coordinator (claimed by recovery, or retried by an operator) is handed to its mode by
 //! [`Engine::resume`].
 //!
-//! The engine adds no rules of its own; they are in `crate::tcc` and `crate::saga`.
+//! The engine adds no rules of its own; they are in `crate::tcc`, `crate::saga` and
+//! `crate::message`.
 
 use tracing::info;
 
 use crate::{
     context::Context,
     error::{Error, Result},
+    message::{self, Preparation, Prepared},
     model::{Branch, GlobalTx, Mode},
     saga::{self, Submission, Submitted},
     store::Store,
@@ -18,7 +20,7 @@ use crate::{
     validate,
 };
 
-/// Both modes on one context. Cheap to clone.
+/// Every mode on one context. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
     ctx: Context,
@@ -54,11 +56,22 @@ impl Engine {
         saga::submit(&self.ctx, submission).await
     }
 
+    /// Validates and stores a PREPARED message (see [`message::prepare`]).
+    pub async fn prepare(&self, preparation: Preparation) -> Result<Prepared> {
+        message::prepare(&self.ctx, preparation).await
+    }
+
+    /// Submits a message and delivers its steps (see [`message::submit`]).
+    pub async fn submit(&self, submission: message::Submission) -> Result<Submitted> {
+        message::submit(&self.ctx, submission).await
+    }
+
     /// Drives a transaction that came back to this instance with its lease, by its mode.
     pub async fn resume(&self, tx: GlobalTx) -> Result<()> {
         match tx.mode {
             Mode::Tcc => self.tcc.resume(tx).await,
             Mode::Saga => saga::resume(&self.ctx, tx).await.map(|_| ()),
+            Mode::Message => message::resume(&self.ctx, tx).await,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod id;
+pub mod message;
 pub mod metrics;
 pub mod model;
 pub mod participants;

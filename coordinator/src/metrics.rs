@@ -45,9 +45,10 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Arc<Registry>,
-    begun: [Counter; 2],
-    finished: [[Counter; 2]; 2],
-    duration: [[Histogram; 2]; 2],
+    begun: [Counter; MODES.len()],
+    finished: [[Counter; 2]; MODES.len()],
+    duration: [[Histogram; 2]; MODES.len()],
+    queries: [Counter; QueryResult::ALL.len()],
     calls: Family<CallLabels, Counter>,
     call_seconds: Family<CallOpLabels, Histogram>,
     retries: Family<ParticipantLabels, Counter>,
@@ -94,6 +95,11 @@ struct ParticipantLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueryResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
 }
@@ -121,12 +127,13 @@ struct HandlingLabels {
     grpc_method: String,
 }
 
-const MODES: [Mode; 2] = [Mode::Tcc, Mode::Saga];
+const MODES: [Mode; 3] = [Mode::Tcc, Mode::Saga, Mode::Message];
 const LIMITS: [Limit; 3] = [Limit::InFlight, Limit::Rate, Limit::Queue];
 const OUTCOMES: [&str; 2] = ["committed", "aborted"];
 /// The statuses `settle_transactions_unfinished` reports, each always (0 when none).
-const UNFINISHED: [Status; 5] = [
+const UNFINISHED: [Status; 6] = [
     Status::Trying,
+    Status::Prepared,
     Status::Committing,
     Status::Aborting,
     Status::Running,
@@ -135,13 +142,15 @@ const UNFINISHED: [Status; 5] = [
 
 /// Every gRPC method the coordinator serves, with handles made at start-up; other paths
 /// (health, reflection) are counted through a family.
-const METHODS: [(&str, &str); 15] = [
+const METHODS: [(&str, &str); 17] = [
     ("settle.v1.Coordinator", "Begin"),
     ("settle.v1.Coordinator", "RegisterBranch"),
     ("settle.v1.Coordinator", "Commit"),
     ("settle.v1.Coordinator", "Abort"),
     ("settle.v1.Coordinator", "Get"),
     ("settle.v1.Coordinator", "SubmitSaga"),
+    ("settle.v1.Coordinator", "Prepare"),
+    ("settle.v1.Coordinator", "Submit"),
     ("settle.v1.Coordinator", "RegisterParticipant"),
     ("settle.v1.Admin", "List"),
     ("settle.v1.Admin", "Show"),
@@ -206,6 +215,33 @@ impl CallResult {
             CallResult::Refused => "refused",
             CallResult::Error => "error",
             CallResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// How one QueryPrepared call ended, as `settle_message_queries_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryResult {
+    /// The local transaction committed: the message was submitted.
+    Committed,
+    /// It did not commit: the message was aborted.
+    RolledBack,
+    /// No usable answer: asked again later.
+    Error,
+}
+
+impl QueryResult {
+    const ALL: [QueryResult; 3] = [
+        QueryResult::Committed,
+        QueryResult::RolledBack,
+        QueryResult::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            QueryResult::Committed => "committed",
+            QueryResult::RolledBack => "rolled_back",
+            QueryResult::Error => "error",
         }
     }
 }
@@ -318,7 +354,7 @@ impl Metrics {
         let begun = Family::<ModeLabels, Counter>::default();
         registry.register(
             "settle_transactions_begun",
-            "Transactions begun (TCC Begin, saga Submit)",
+            "Transactions begun (TCC Begin, saga Submit, message Prepare or unprepared Submit)",
             begun.clone(),
         );
         let finished = Family::<FinishLabels, Counter>::default();
@@ -413,6 +449,12 @@ impl Metrics {
             "Time one group commit took to write and commit",
             batch_seconds.clone(),
         );
+        let queries = Family::<QueryResultLabels, Counter>::default();
+        registry.register(
+            "settle_message_queries",
+            "QueryPrepared calls the coordinator made for messages past their deadline, by how they ended",
+            queries.clone(),
+        );
         let handled = Family::<HandledLabels, Counter>::default();
         registry.register(
             "grpc_server_handled",
@@ -446,6 +488,11 @@ impl Metrics {
                     mode: mode_label(m),
                     outcome,
                 })
+            })
+        });
+        let queries = QueryResult::ALL.map(|result| {
+            queries.get_or_create_owned(&QueryResultLabels {
+                result: result.as_str(),
             })
         });
         let refused = LIMITS.map(|limit| {
@@ -496,6 +543,7 @@ impl Metrics {
                 begun,
                 finished,
                 duration,
+                queries,
                 calls,
                 call_seconds,
                 retries,
@@ -549,6 +597,11 @@ impl Metrics {
         let mode = mode_index(mode);
         self.inner.finished[mode][outcome].inc();
         self.inner.duration[mode][outcome].observe(age.as_secs_f64());
+    }
+
+    /// A QueryPrepared call ended as `result`.
+    pub fn queried(&self, result: QueryResult) {
+        self.inner.queries[result as usize].inc();
     }
 
     /// The handles of participant `name`, created with every label set it will use, so
@@ -706,6 +759,7 @@ fn mode_index(mode: Mode) -> usize {
     match mode {
         Mode::Tcc => 0,
         Mode::Saga => 1,
+        Mode::Message => 2,
     }
 }
 
@@ -713,5 +767,6 @@ fn mode_label(mode: Mode) -> &'static str {
     match mode {
         Mode::Tcc => "tcc",
         Mode::Saga => "saga",
+        Mode::Message => "message",
     }
 }

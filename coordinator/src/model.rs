@@ -15,6 +15,9 @@ pub enum Mode {
     Tcc,
     /// Ordered steps with compensations.
     Saga,
+    /// A service's local transaction, then steps delivered at least once if and only if it
+    /// committed.
+    Message,
 }
 
 impl Mode {
@@ -23,6 +26,7 @@ impl Mode {
         match self {
             Mode::Tcc => "TCC",
             Mode::Saga => "SAGA",
+            Mode::Message => "MESSAGE",
         }
     }
 
@@ -31,6 +35,7 @@ impl Mode {
         match s {
             "TCC" => Some(Mode::Tcc),
             "SAGA" => Some(Mode::Saga),
+            "MESSAGE" => Some(Mode::Message),
             _ => None,
         }
     }
@@ -40,7 +45,14 @@ impl Mode {
         match self {
             Mode::Tcc => pb::Mode::Tcc,
             Mode::Saga => pb::Mode::Saga,
+            Mode::Message => pb::Mode::Message,
         }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -57,15 +69,17 @@ pub enum Status {
     Aborting,
     /// Every branch cancelled (or every executed saga step compensated).
     Aborted,
-    /// Saga: forward steps are being executed.
+    /// Saga: forward steps are being executed; message: its steps are being delivered.
     Running,
     /// Saga: compensations are being driven.
     Compensating,
+    /// Message: stored, its local transaction not known to have committed yet.
+    Prepared,
 }
 
 impl Status {
     /// Every status, for reports that count by status.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Trying,
         Status::Committing,
         Status::Committed,
@@ -73,6 +87,7 @@ impl Status {
         Status::Aborted,
         Status::Running,
         Status::Compensating,
+        Status::Prepared,
     ];
 
     /// The stored text.
@@ -85,6 +100,7 @@ impl Status {
             Status::Aborted => "ABORTED",
             Status::Running => "RUNNING",
             Status::Compensating => "COMPENSATING",
+            Status::Prepared => "PREPARED",
         }
     }
 
@@ -108,6 +124,7 @@ impl Status {
             Status::Aborted => pb::Status::Aborted,
             Status::Running => pb::Status::Running,
             Status::Compensating => pb::Status::Compensating,
+            Status::Prepared => pb::Status::Prepared,
         }
     }
 
@@ -122,6 +139,7 @@ impl Status {
             pb::Status::Aborted => Status::Aborted,
             pb::Status::Running => Status::Running,
             pb::Status::Compensating => Status::Compensating,
+            pb::Status::Prepared => Status::Prepared,
         })
     }
 }
@@ -192,6 +210,10 @@ impl BranchStatus {
 /// Recorded as who decided an abort the coordinator took itself, when the deadline
 /// passed. Caller names cannot contain parentheses, so no caller is mistaken for it.
 pub const DEADLINE: &str = "(deadline)";
+
+/// Recorded as who decided a message the coordinator submitted or aborted itself, by its
+/// service's answer to QueryPrepared.
+pub const QUERY: &str = "(query)";
 
 /// Recorded as who decided a transaction an operator force-aborted.
 pub fn by_admin(actor: &str) -> String {

@@ -10,6 +10,9 @@
 //! releases the saga with the retry policy's delay, and the recovery loop claims it again.
 //! Compensation never gives up: it escalates to `needs_attention` like phase two of TCC.
 //!
+//! Transactional messages (`crate::message`) are driven here too, once submitted: forward
+//! only, without a deadline, every refusal a failure.
+//!
 //! The SQL lives in `store::saga`, the wire conversions in `crate::grpc`, the calls in
 //! `crate::participants`; claiming due sagas is the recovery loop's job, which hands them
 //! here through [`crate::engine::Engine::resume`]. TCC mode is its peer, `crate::tcc`, on
@@ -104,7 +107,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
     let wait = validate::wait(wait_ms)?;
-    validate_steps(ctx, &steps).await?;
+    validate_steps(ctx, "saga", &steps).await?;
 
     let lease_ms = ctx.lease_ms();
     let labels = labels.into_iter().collect();
@@ -143,31 +146,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     }
     info!(%gid, steps = steps.len(), deadline = tx.deadline, "saga submitted");
     ctx.metrics().begun(Mode::Saga);
-    let lease = Lease {
-        gid: gid.clone(),
-        owner: ctx.instance().to_owned(),
-        version: tx.version,
-    };
-    // The first run goes in its own task so that it completes even if the caller goes away.
-    let driver = ctx.clone();
-    // In the trace of the submission, but not a child of its request span, which would
-    // stay open until the saga ends.
-    let span = info_span!(parent: None, "saga", %gid);
-    trace::continue_stored(&span, tx.traceparent.as_deref());
-    let begun = tx.created_at;
-    let run = tokio::spawn(
-        async move { run_logged(&driver, lease, false, begun).await }.instrument(span),
-    );
-    let status = match tokio::time::timeout(wait, run).await {
-        Ok(Ok(Some(Driven::Finished(status)))) => status,
-        Ok(Ok(Some(Driven::Rescheduled { status, .. }))) => status,
-        // Still running, or the run stopped early: the saga is stored and recovery will
-        // go on with it, so the answer only reports where it stands.
-        _ => match ctx.store().get(&gid).await {
-            Ok(Some(now)) => now.status,
-            _ => Status::Running,
-        },
-    };
+    let status = start(ctx, &tx, wait).await;
     Ok(Submitted {
         gid,
         status,
@@ -175,11 +154,47 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     })
 }
 
-async fn validate_steps(ctx: &Context, steps: &[NewStep]) -> Result<()> {
+/// Drives a RUNNING saga or message `tx`, just leased to this instance, in its own task
+/// so that it completes even if the caller goes away, and answers with the status reached
+/// within `wait`: the final one, the one it was released in after a transient failure,
+/// or the stored one when it is still running.
+pub(crate) async fn start(ctx: &Context, tx: &GlobalTx, wait: std::time::Duration) -> Status {
+    let lease = Lease {
+        gid: tx.gid.clone(),
+        owner: ctx.instance().to_owned(),
+        version: tx.version,
+    };
+    let driver = ctx.clone();
+    // In the trace of the submission, but not a child of its request span, which would
+    // stay open until the saga ends.
+    let span = match tx.mode {
+        Mode::Message => info_span!(parent: None, "message", gid = %tx.gid),
+        _ => info_span!(parent: None, "saga", gid = %tx.gid),
+    };
+    trace::continue_stored(&span, tx.traceparent.as_deref());
+    let (mode, flagged, begun) = (tx.mode, tx.needs_attention, tx.created_at);
+    let run = tokio::spawn(
+        async move { run_logged(&driver, lease, mode, flagged, begun).await }.instrument(span),
+    );
+    match tokio::time::timeout(wait, run).await {
+        Ok(Ok(Some(Driven::Finished(status)))) => status,
+        Ok(Ok(Some(Driven::Rescheduled { status, .. }))) => status,
+        // Still running, or the run stopped early: it is stored and recovery will go on
+        // with it, so the answer only reports where it stands.
+        _ => match ctx.store().get(&tx.gid).await {
+            Ok(Some(now)) => now.status,
+            _ => Status::Running,
+        },
+    }
+}
+
+/// Checks the steps of a saga or message (`what`, for the error): their count, names,
+/// actions and payloads, and that every participant is registered.
+pub(crate) async fn validate_steps(ctx: &Context, what: &str, steps: &[NewStep]) -> Result<()> {
     let limits = ctx.settings().limits;
     if steps.is_empty() || steps.len() > limits.max_branches as usize {
         return Err(Invalid(format!(
-            "a saga has 1 to {} steps; {} given",
+            "a {what} has 1 to {} steps; {} given",
             limits.max_branches,
             steps.len()
         ))
@@ -213,31 +228,43 @@ async fn validate_steps(ctx: &Context, steps: &[NewStep]) -> Result<()> {
     Ok(())
 }
 
-/// Drives a saga the recovery loop claimed (RUNNING or COMPENSATING) until it finishes, a
-/// call fails transiently, or the lease is lost.
+/// Drives a saga (RUNNING or COMPENSATING) or a message (RUNNING) that came back to this
+/// instance with its lease until it finishes, a call fails transiently, or the lease is
+/// lost.
 pub async fn resume(ctx: &Context, tx: GlobalTx) -> Result<Driven> {
     let lease = Lease {
         gid: tx.gid,
         owner: tx.owner.unwrap_or_default(),
         version: tx.version,
     };
-    run(ctx, lease, tx.needs_attention, tx.created_at).await
+    run(ctx, lease, tx.mode, tx.needs_attention, tx.created_at).await
 }
 
-async fn run_logged(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Option<Driven> {
-    match run(ctx, lease, flagged, begun).await {
+async fn run_logged(
+    ctx: &Context,
+    lease: Lease,
+    mode: Mode,
+    flagged: bool,
+    begun: i64,
+) -> Option<Driven> {
+    match run(ctx, lease, mode, flagged, begun).await {
         Ok(driven) => Some(driven),
         Err(error) => {
-            warn!(%error, "driving the saga failed; the recovery loop resumes it");
+            warn!(%error, "driving the steps failed; the recovery loop resumes them");
             None
         }
     }
 }
 
 /// Runs group after group while this instance holds the lease. `flagged` is whether the
-/// saga was already marked `needs_attention`, so that escalation is logged once; `begun`
-/// is when it was submitted (epoch ms), for its duration once final.
-async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<Driven> {
+/// transaction was already marked `needs_attention`, so that escalation is logged once;
+/// `begun` is when it was submitted (epoch ms), for its duration once final.
+///
+/// A message (`mode`) only goes forward: its deadline bounds nothing once it is submitted,
+/// and a step that refuses or fails for good is retried like any failure and flags it at
+/// once, since its local transaction committed and there is nothing to compensate.
+async fn run(ctx: &Context, lease: Lease, mode: Mode, flagged: bool, begun: i64) -> Result<Driven> {
+    let message = mode == Mode::Message;
     let store = ctx.store();
     let lease_ms = ctx.lease_ms();
     let retry = &ctx.settings().retry;
@@ -254,19 +281,24 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<D
         let (outcomes, then) = match plan(renewed.status, &steps) {
             Plan::Commit => (Vec::new(), Then::Commit),
             Plan::Abort => (Vec::new(), Then::Abort),
-            Plan::Execute { .. } if renewed.deadline_passed => (
+            Plan::Execute { .. } if renewed.deadline_passed && !message => (
                 Vec::new(),
                 Then::Compensate {
                     reason: "deadline passed".to_owned(),
                 },
             ),
             Plan::Execute { group, last } => {
-                let (outcomes, _) = call_group(ctx, Op::Execute, &group).await;
+                let (outcomes, broken) = call_group(ctx, Op::Execute, !message, &group).await;
+                let escalation = if broken && message {
+                    Escalation::AT_ONCE
+                } else {
+                    escalation
+                };
                 let then = after_execute(&group, &outcomes, last, escalation);
                 (outcomes, then)
             }
             Plan::Compensate { group, last } => {
-                let (outcomes, broken) = call_group(ctx, Op::Compensate, &group).await;
+                let (outcomes, broken) = call_group(ctx, Op::Compensate, false, &group).await;
                 let escalation = if broken {
                     Escalation::AT_ONCE
                 } else {
@@ -287,8 +319,8 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<D
                 renewed = next;
             }
             Recorded::Finished(status) => {
-                info!(gid = %lease.gid, %status, "saga finished");
-                ctx.finished(Mode::Saga, status, begun);
+                info!(gid = %lease.gid, %status, %mode, "finished");
+                ctx.finished(mode, status, begun);
                 return Ok(Driven::Finished(status));
             }
             Recorded::Rescheduled {
@@ -297,7 +329,7 @@ async fn run(ctx: &Context, lease: Lease, flagged: bool, begun: i64) -> Result<D
                 needs_attention,
             } => {
                 if needs_attention && !flagged {
-                    warn!(gid = %lease.gid, attempts, "compensation failed for good or keeps failing; flagged needs_attention");
+                    warn!(gid = %lease.gid, attempts, %mode, "a step failed for good or keeps failing; flagged needs_attention");
                 }
                 return Ok(Driven::Rescheduled {
                     status,
@@ -471,9 +503,15 @@ fn groups(steps: &[Step]) -> Vec<Range<usize>> {
 
 /// Calls `op` (Execute or Compensate) on every step of a group concurrently and classifies
 /// the answers; also says whether a participant answered that it failed for good. That
-/// flags a compensating saga at once; a running one is bounded by its deadline, after
-/// which it compensates, so it is not flagged.
-async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> (Vec<(u32, StepOutcome)>, bool) {
+/// flags a compensating saga or a message at once; a running saga is bounded by its
+/// deadline, after which it compensates, so it is not flagged. A refusal counts only when
+/// the step may be `refused` (a saga's Execute); otherwise it fails for good.
+async fn call_group(
+    ctx: &Context,
+    op: Op,
+    refusable: bool,
+    group: &[&Step],
+) -> (Vec<(u32, StepOutcome)>, bool) {
     let retry = &ctx.settings().retry;
     let calls = group.iter().map(|step| async move {
         let branch = &step.branch;
@@ -481,7 +519,10 @@ async fn call_group(ctx: &Context, op: Op, group: &[&Step]) -> (Vec<(u32, StepOu
             (Op::Compensate, Some(compensation)) => compensation.clone(),
             _ => branch.payload.clone(),
         };
-        let answer = ctx.participants().call(op, branch, payload).await;
+        let answer = match ctx.participants().call(op, branch, payload).await {
+            Answer::Refused(reason) if !refusable => Answer::Broken(format!("refused: {reason}")),
+            answer => answer,
+        };
         let broken = matches!(answer, Answer::Broken(_));
         let outcome = match answer {
             Answer::Ok => StepOutcome::Done(match op {

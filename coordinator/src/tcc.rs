@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::{
     context::Context,
     error::{Error, Result},
-    id,
+    id, message,
     model::{Branch, BranchStatus, DEADLINE, GlobalTx, Mode, Status},
     participants::{Answer, Op},
     store::{
@@ -273,6 +273,11 @@ impl Tcc {
                     "{gid} is a saga; sagas are not committed by Commit"
                 )));
             }
+            Refusal::State(tx) if tx.mode == Mode::Message => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{gid} is a message; messages are submitted with Submit, not Commit"
+                )));
+            }
             Refusal::State(tx) => tx,
         };
         match tx.status {
@@ -289,9 +294,9 @@ impl Tcc {
                     "{gid} passed its deadline before Commit; it is being aborted"
                 )))
             }
-            Status::Running | Status::Compensating => Err(Error::FailedPrecondition(format!(
-                "{gid} is a saga; sagas are not committed by Commit"
-            ))),
+            Status::Running | Status::Compensating | Status::Prepared => Err(
+                Error::FailedPrecondition(format!("{gid} is {}: not a TCC transaction", tx.status)),
+            ),
         }
     }
 
@@ -322,6 +327,9 @@ impl Tcc {
             Err(Refusal::State(tx)) if tx.mode == Mode::Saga => Err(Error::FailedPrecondition(
                 format!("{gid} is a saga; sagas are not aborted by Abort"),
             )),
+            Err(Refusal::State(tx)) if tx.mode == Mode::Message => {
+                message::abort(&self.ctx, &tx, reason, by).await
+            }
             Err(Refusal::State(tx)) => match tx.status {
                 Status::Aborting | Status::Aborted => Ok(tx.status),
                 Status::Committing | Status::Committed => Err(Error::FailedPrecondition(format!(
@@ -331,9 +339,12 @@ impl Tcc {
                 Status::Trying => Err(Error::FailedPrecondition(format!(
                     "{gid} changed while aborting; try again"
                 ))),
-                Status::Running | Status::Compensating => Err(Error::FailedPrecondition(format!(
-                    "{gid} is a saga; sagas are not aborted by Abort"
-                ))),
+                Status::Running | Status::Compensating | Status::Prepared => {
+                    Err(Error::FailedPrecondition(format!(
+                        "{gid} is {}: not a TCC transaction",
+                        tx.status
+                    )))
+                }
             },
         }
     }
@@ -494,9 +505,9 @@ impl Tcc {
                 })
                 .await?;
             }
-            Status::Running | Status::Compensating => {
+            Status::Running | Status::Compensating | Status::Prepared => {
                 return Err(Error::FailedPrecondition(format!(
-                    "{} is {}, a saga's status; TCC does not drive it",
+                    "{} is {}, not a TCC status; TCC does not drive it",
                     tx.gid, tx.status
                 )));
             }

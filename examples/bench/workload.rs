@@ -313,7 +313,7 @@ fn error_kind(error: &settle::client::Error) -> String {
     }
 }
 
-/// A participant that answers every call OK at once.
+/// A participant that answers every call OK at once (and every message committed).
 #[derive(Debug, Clone, Copy)]
 struct Noop;
 
@@ -348,6 +348,14 @@ impl Participant for Noop {
         _: tonic::Request<pb::BranchRequest>,
     ) -> std::result::Result<tonic::Response<pb::BranchResponse>, tonic::Status> {
         Ok(tonic::Response::new(pb::BranchResponse {}))
+    }
+    async fn query_prepared(
+        &self,
+        _: tonic::Request<pb::QueryPreparedRequest>,
+    ) -> std::result::Result<tonic::Response<pb::QueryPreparedResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::QueryPreparedResponse {
+            status: pb::LocalStatus::Committed as i32,
+        }))
     }
 }
 

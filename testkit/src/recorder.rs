@@ -34,7 +34,8 @@ const RENDEZVOUS_WAIT: Duration = Duration::from_millis(1500);
 /// One call the recorder received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// `try`, `confirm`, `cancel`, `execute` or `compensate`: the method that was called.
+    /// `try`, `confirm`, `cancel`, `execute`, `compensate` or `query_prepared`: the method
+    /// that was called.
     pub op: &'static str,
     pub gid: String,
     pub branch_id: u32,
@@ -334,5 +335,29 @@ impl Participant for Server {
         request: Request<pb::BranchRequest>,
     ) -> Result<Response<pb::BranchResponse>, Status> {
         self.handle("compensate", request).await
+    }
+    /// Recorded as `query_prepared` on branch 0; [`Answer::Ok`] answers COMMITTED,
+    /// [`Answer::Refuse`] ROLLED_BACK.
+    async fn query_prepared(
+        &self,
+        request: Request<pb::QueryPreparedRequest>,
+    ) -> Result<Response<pb::QueryPreparedResponse>, Status> {
+        let (metadata, extensions, req) = request.into_parts();
+        let request = Request::from_parts(
+            metadata,
+            extensions,
+            pb::BranchRequest {
+                gid: req.gid,
+                ..Default::default()
+            },
+        );
+        let status = match self.handle("query_prepared", request).await {
+            Ok(_) => pb::LocalStatus::Committed,
+            Err(status) if status.code() == tonic::Code::Aborted => pb::LocalStatus::RolledBack,
+            Err(status) => return Err(status),
+        };
+        Ok(Response::new(pb::QueryPreparedResponse {
+            status: status as i32,
+        }))
     }
 }

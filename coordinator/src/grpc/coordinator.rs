@@ -13,6 +13,7 @@ use crate::{
     access::Security,
     engine::Engine,
     error::Error,
+    message::{self, Preparation},
     saga::Submission,
     store::{NewBranch, saga::NewStep},
 };
@@ -46,6 +47,11 @@ impl Coordinator for CoordinatorService {
             Ok(pb::Mode::Saga) => {
                 return Err(Status::invalid_argument(
                     "sagas are started with SubmitSaga, not Begin",
+                ));
+            }
+            Ok(pb::Mode::Message) => {
+                return Err(Status::invalid_argument(
+                    "messages are started with Prepare (or Submit), not Begin",
                 ));
             }
             Err(_) => {
@@ -190,6 +196,58 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
+    #[tracing::instrument(name = "prepare", skip_all, fields(gid = tracing::field::Empty))]
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let by = caller_name(&request);
+        let req = request.into_inner();
+        let prepared = self
+            .engine
+            .prepare(Preparation {
+                gid: req.gid,
+                steps: message_steps(req.steps),
+                timeout_ms: req.timeout_ms,
+                labels: req.labels,
+                query_endpoint: req.query_endpoint,
+                by,
+            })
+            .await?;
+        Span::current().record("gid", prepared.gid.as_str());
+        Ok(Response::new(pb::PrepareResponse {
+            gid: prepared.gid,
+            deadline_ms: prepared.deadline,
+            status: prepared.status.to_proto() as i32,
+            created: prepared.created,
+        }))
+    }
+
+    #[tracing::instrument(name = "submit", skip_all, fields(gid = tracing::field::Empty))]
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let by = caller_name(&request);
+        let req = request.into_inner();
+        let submitted = self
+            .engine
+            .submit(message::Submission {
+                gid: req.gid,
+                wait_ms: req.wait_ms,
+                steps: message_steps(req.steps),
+                timeout_ms: req.timeout_ms,
+                labels: req.labels,
+                by,
+            })
+            .await?;
+        Span::current().record("gid", submitted.gid.as_str());
+        Ok(Response::new(pb::SubmitResponse {
+            gid: submitted.gid,
+            status: submitted.status.to_proto() as i32,
+        }))
+    }
+
     #[tracing::instrument(name = "register_participant", skip_all, fields(participant = %request.get_ref().name))]
     async fn register_participant(
         &self,
@@ -215,6 +273,20 @@ impl Coordinator for CoordinatorService {
             .await?;
         Ok(Response::new(pb::RegisterParticipantResponse {}))
     }
+}
+
+/// A message's steps: saga steps without compensation.
+fn message_steps(steps: Vec<pb::MessageStep>) -> Vec<NewStep> {
+    steps
+        .into_iter()
+        .map(|step| NewStep {
+            participant: step.participant,
+            action: step.action,
+            payload: step.payload,
+            compensation: None,
+            group: step.group,
+        })
+        .collect()
 }
 
 /// The authenticated caller's name, recorded as who began or decided a transaction.

@@ -59,6 +59,8 @@ pub struct Directory {
     tls: Option<ClientTls>,
     metrics: Metrics,
     entries: RwLock<HashMap<String, Entry>>,
+    /// Channels to messages' query endpoints, which are URLs rather than names.
+    queried: RwLock<HashMap<String, ParticipantClient<Channel>>>,
 }
 
 impl Directory {
@@ -79,7 +81,13 @@ impl Directory {
             tls,
             metrics,
             entries: RwLock::new(HashMap::new()),
+            queried: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Where calls are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether `https://` endpoints can be reached.
@@ -113,6 +121,23 @@ impl Directory {
             return Ok(None);
         };
         Ok(Some(self.cache(name, &endpoint)))
+    }
+
+    /// A client for the query endpoint of a message: one channel per endpoint, kept.
+    pub fn at(&self, endpoint: &str) -> ParticipantClient<Channel> {
+        if let Some(client) = self
+            .queried
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(endpoint)
+        {
+            return client.clone();
+        }
+        let mut queried = self.queried.write().unwrap_or_else(|e| e.into_inner());
+        queried
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| ParticipantClient::new(self.channel(endpoint)))
+            .clone()
     }
 
     fn cache(&self, name: &str, endpoint: &str) -> Resolved {

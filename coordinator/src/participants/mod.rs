@@ -1,5 +1,6 @@
 //! Every call the coordinator makes to a participant: Confirm and Cancel for TCC, Execute
-//! and Compensate for sagas (Try is the initiator's). [`Participants::call`] resolves the
+//! and Compensate for sagas and messages' steps (Try is the initiator's), and QueryPrepared
+//! for messages past their deadline ([`Participants::query_prepared`]). [`Participants::call`] resolves the
 //! branch's participant in the [`directory`], builds the request with the protocol's
 //! metadata (gid, branch id and op, from `settle_proto::metadata`), waits for one of the
 //! participant's places (`--participant-concurrency`, so a slow or hung participant holds
@@ -25,7 +26,7 @@ use tonic::{Code, metadata::MetadataValue};
 use tracing::{Instrument, Span, info_span};
 
 use crate::{
-    metrics::{CallResult, Metrics},
+    metrics::{CallResult, Metrics, QueryResult},
     model::Branch,
     store::{self, Store},
 };
@@ -214,6 +215,58 @@ impl Participants {
 /// Codes that say retrying alone will not help: the participant failed for good
 /// (`INTERNAL`, `DATA_LOSS`), or cannot handle this call at all (`INVALID_ARGUMENT`,
 /// `UNIMPLEMENTED`).
+/// What a message's service said about its local transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// It committed.
+    Committed,
+    /// It did not, and now never will.
+    RolledBack,
+    /// No usable answer (an error, a timeout, or an answer this version does not know).
+    Unknown(String),
+}
+
+impl Participants {
+    /// Asks the service at `endpoint` whether the local transaction of message `gid`
+    /// committed (`settle.v1.Participant/QueryPrepared`), within the call timeout.
+    pub async fn query_prepared(&self, endpoint: &str, gid: &str) -> Local {
+        let mut client = self.directory.at(endpoint);
+        let mut request = tonic::Request::new(pb::QueryPreparedRequest {
+            gid: gid.to_owned(),
+        });
+        request.set_timeout(self.call_timeout);
+        if let Ok(value) = MetadataValue::try_from(gid) {
+            request.metadata_mut().insert(metadata::GID, value);
+        }
+        let answered =
+            tokio::time::timeout(self.call_timeout, client.query_prepared(request)).await;
+        let local = match answered {
+            Ok(Ok(response)) => match response.into_inner().status() {
+                pb::LocalStatus::Committed => Local::Committed,
+                pb::LocalStatus::RolledBack => Local::RolledBack,
+                pb::LocalStatus::Unspecified => {
+                    Local::Unknown("QueryPrepared answered no status".to_owned())
+                }
+            },
+            Ok(Err(status)) => Local::Unknown(format!(
+                "QueryPrepared at {endpoint} failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+            Err(_) => Local::Unknown(format!(
+                "QueryPrepared at {endpoint} timed out after {:?}",
+                self.call_timeout
+            )),
+        };
+        self.directory.metrics().queried(match local {
+            Local::Committed => QueryResult::Committed,
+            Local::RolledBack => QueryResult::RolledBack,
+            Local::Unknown(_) => QueryResult::Error,
+        });
+        local
+    }
+}
+
 fn permanent(code: Code) -> bool {
     matches!(
         code,

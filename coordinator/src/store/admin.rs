@@ -19,22 +19,22 @@ use super::{
 };
 use crate::model::{Branch, GlobalTx, Status};
 
-/// A listing's filters ($1–$11); the keyset condition and the order follow.
+/// A listing's filters ($1–$12); the keyset condition and the order follow.
 macro_rules! list_where {
     () => {
         concat!(
             "SELECT ",
             tx_columns!(),
             " FROM global_tx \
-             WHERE global_tx.status IN ($1, $2, $3, $4, $5, $6, $7) \
-                 AND ($8 = 0 OR (global_tx.needs_attention = 1 AND ",
+             WHERE global_tx.status IN ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 AND ($9 = 0 OR (global_tx.needs_attention = 1 AND ",
             unfinished!(),
             ")) \
-                 AND ($9 = 0 OR global_tx.created_at <= {now} - $9) \
-                 AND ($10 = '' OR EXISTS (SELECT 1 FROM branch \
+                 AND ($10 = 0 OR global_tx.created_at <= {now} - $10) \
+                 AND ($11 = '' OR EXISTS (SELECT 1 FROM branch \
                                           WHERE branch.gid = global_tx.gid \
-                                              AND branch.participant = $10)) \
-                 AND global_tx.labels LIKE $11 ESCAPE '!' "
+                                              AND branch.participant = $11)) \
+                 AND global_tx.labels LIKE $12 ESCAPE '!' "
         )
     };
 }
@@ -42,13 +42,13 @@ macro_rules! list_where {
 statements! {
     list_newest = concat!(
         list_where!(),
-        "AND (created_at < $12 OR (created_at = $12 AND gid < $13)) \
-         ORDER BY created_at DESC, gid DESC LIMIT $14"
+        "AND (created_at < $13 OR (created_at = $13 AND gid < $14)) \
+         ORDER BY created_at DESC, gid DESC LIMIT $15"
     );
     list_oldest = concat!(
         list_where!(),
-        "AND (created_at > $12 OR (created_at = $12 AND gid > $13)) \
-         ORDER BY created_at, gid LIMIT $14"
+        "AND (created_at > $13 OR (created_at = $13 AND gid > $14)) \
+         ORDER BY created_at, gid LIMIT $15"
     );
     branches_without_payload = "SELECT gid, branch_id, participant, action, \
                                     substr(payload, 1, 0) AS payload, status, attempts, \
@@ -239,7 +239,7 @@ impl Store {
         while found.len() < limit {
             let batch = limit - found.len();
             let mut query = sqlx::query(statement);
-            // Seven slots, padded with repeats, so one prepared statement serves any subset.
+            // One slot per status, padded with repeats, so one prepared statement serves any subset.
             for i in 0..Status::ALL.len() {
                 query = query.bind(statuses[i.min(statuses.len() - 1)]);
             }

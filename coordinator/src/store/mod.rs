@@ -10,7 +10,7 @@
 //!
 //! The layout: [`tcc`] writes TCC requests one at a time; [`batch`] writes them in groups,
 //! the optional optimisation that is on by default ([`Options::group_commit`]); `saga`,
-//! `admin` and `retention` hold the other writes; [`dialect`] the SQL differences, [`pool`]
+//! `message`, `admin` and `retention` hold the other writes; [`dialect`] the SQL differences, [`pool`]
 //! the connections, [`rows`] the conversions.
 //!
 //! The store does not decide what to do next or call participants; that is the engine's job.
@@ -18,6 +18,7 @@
 mod admin;
 mod batch;
 mod dialect;
+pub mod message;
 mod pool;
 mod retention;
 mod rows;

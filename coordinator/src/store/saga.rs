@@ -68,12 +68,13 @@ statements! {
         "UPDATE global_tx SET attempts = attempts + 1, owner = NULL, lease_until = NULL, \
              next_attempt_at = CASE \
                  WHEN global_tx.paused = 1 THEN NULL \
-                 WHEN global_tx.status = 'RUNNING' AND global_tx.deadline < {now} + $4 \
-                     THEN global_tx.deadline \
+                 WHEN global_tx.status = 'RUNNING' AND global_tx.mode = 'SAGA' \
+                     AND global_tx.deadline < {now} + $4 THEN global_tx.deadline \
                  ELSE {now} + $4 END, \
              updated_at = {now}, \
              needs_attention = CASE \
-                 WHEN global_tx.status = 'COMPENSATING' AND ", escalates!("$5", "$6"), " \
+                 WHEN (global_tx.status = 'COMPENSATING' OR global_tx.mode = 'MESSAGE') \
+                     AND ", escalates!("$5", "$6"), " \
                  THEN 1 ELSE needs_attention END \
          WHERE global_tx.gid = $1 AND ", held!("$2", "$3"), " \
              AND global_tx.status IN ('RUNNING', 'COMPENSATING') \
@@ -139,11 +140,12 @@ pub enum Then {
         reason: String,
     },
     /// Release the lease; the recovery loop claims the saga again after `retry_in_ms`
-    /// (a RUNNING saga no later than its deadline).
+    /// (a RUNNING saga no later than its deadline; a message has no such bound).
     Retry {
         /// Delay before the next attempt.
         retry_in_ms: i64,
-        /// When a COMPENSATING saga is flagged `needs_attention`.
+        /// When a COMPENSATING saga, or a message delivering its steps, is flagged
+        /// `needs_attention`.
         escalation: Escalation,
     },
     /// RUNNING → COMMITTED: every step executed. Refused while a step is pending.
@@ -226,8 +228,21 @@ impl Store {
             };
         };
         let created = rows::tx(&row)?;
+        self.insert_steps(&mut tx, gid, steps).await?;
+        tx.commit().await?;
+        Ok((created, true))
+    }
+
+    /// Inserts the PENDING steps (ids 1, 2, …) of a saga or a message whose transaction
+    /// row `tx` just inserted.
+    pub(super) async fn insert_steps(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Any>,
+        gid: &str,
+        steps: &[NewStep],
+    ) -> Result<()> {
         for (branch_id, step) in (1i64..).zip(steps) {
-            sqlx::query(sql.insert_step)
+            sqlx::query(self.saga_sql().insert_step)
                 .bind(gid)
                 .bind(branch_id)
                 .bind(step.participant.as_str())
@@ -235,11 +250,10 @@ impl Store {
                 .bind(step.payload.as_ref())
                 .bind(step.compensation.as_deref())
                 .bind(i64::from(step.group))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        tx.commit().await?;
-        Ok((created, true))
+        Ok(())
     }
 
     /// Reads a saga's steps in order.

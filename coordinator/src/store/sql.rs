@@ -129,10 +129,11 @@ macro_rules! finished {
 }
 pub(super) use finished;
 
-/// Decided or running: a phase two (or a saga) that the coordinator drives.
+/// Decided or running: a phase two (or a saga, or a message) that the coordinator drives,
+/// or a PREPARED message, whose service the coordinator asks.
 macro_rules! driven {
     () => {
-        "global_tx.status IN ('COMMITTING', 'ABORTING', 'RUNNING', 'COMPENSATING')"
+        "global_tx.status IN ('COMMITTING', 'ABORTING', 'RUNNING', 'COMPENSATING', 'PREPARED')"
     };
 }
 pub(super) use driven;
