@@ -198,6 +198,7 @@ pub enum StatusArg {
     Aborted,
     Running,
     Compensating,
+    Prepared,
 }
 
 impl StatusArg {
@@ -210,6 +211,7 @@ impl StatusArg {
             StatusArg::Aborted => pb::Status::Aborted,
             StatusArg::Running => pb::Status::Running,
             StatusArg::Compensating => pb::Status::Compensating,
+            StatusArg::Prepared => pb::Status::Prepared,
         }
     }
 }

@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                     pb::Status::Aborting,
                     pb::Status::Running,
                     pb::Status::Compensating,
+                    pb::Status::Prepared,
                 ]
                 .into_iter()
                 .map(|s| s as i32)

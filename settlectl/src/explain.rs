@@ -39,6 +39,31 @@ pub fn explain(now: i64, tx: &pb::Transaction) -> String {
         pb::Status::Trying => {
             return "past its deadline; recovery is aborting it".to_owned();
         }
+        pb::Status::Prepared if tx.paused => {
+            return format!(
+                "a message waiting for its service's Submit; paused by an operator: its \
+                 service is not asked until `settlectl resume {gid}`"
+            );
+        }
+        pb::Status::Prepared if tx.deadline_ms > now => {
+            return format!(
+                "a message waiting for its service to commit its local transaction and \
+                 Submit; its service is asked at the deadline ({})",
+                relative(now, tx.deadline_ms)
+            );
+        }
+        pb::Status::Prepared if tx.reason.is_empty() => {
+            return "a message past its deadline; recovery is asking its service whether the \
+                    local transaction committed"
+                .to_owned();
+        }
+        pb::Status::Prepared => {
+            return format!(
+                "a message past its deadline whose service has not answered; {} attempts so \
+                 far, last error: {}",
+                tx.attempts, tx.reason
+            );
+        }
         _ => {}
     }
     if tx.paused {
@@ -70,6 +95,13 @@ pub fn explain(now: i64, tx: &pb::Transaction) -> String {
 pub fn hint(tx: &pb::Transaction) -> Option<String> {
     if !tx.needs_attention || tx.paused || is_final(tx.status) {
         return None;
+    }
+    if tx.status() == pb::Status::Prepared {
+        return Some(format!(
+            "bring back the message's service (its QueryPrepared endpoint) and `settlectl \
+             retry {}`; only it knows whether the local transaction committed",
+            tx.gid
+        ));
     }
     let first = tx.branches.iter().find(|b| is_pending(b))?;
     let gid = &tx.gid;

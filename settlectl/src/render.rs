@@ -238,6 +238,7 @@ pub fn stats(output: Output, stats: &pb::StatsResponse) -> Result<(), Error> {
     }
     let order = [
         pb::Status::Trying,
+        pb::Status::Prepared,
         pb::Status::Committing,
         pb::Status::Aborting,
         pb::Status::Running,
