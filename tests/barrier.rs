@@ -3,11 +3,17 @@
 //! (`Serve::group_commit`): duplicates, empty rollback, hanging Try, refused and failed
 //! Trys (alone and among others committed together), the Try/Cancel race, retention, and
 //! the participant's metrics, scraped after known calls; shedding under
-//! `Serve::max_concurrent`; and what `Participant::after` is told of each call.
+//! `Serve::max_concurrent`; what `Participant::after` is told of each call; and messages'
+//! local transactions as `QueryPrepared` answers for them.
 
 use std::time::Duration;
 
-use settle::{Barrier, participant::Outcome, proto::v1 as pb};
+use settle::{
+    Barrier,
+    barrier::{self, LocalEntry},
+    participant::Outcome,
+    proto::v1 as pb,
+};
 use settle_proto::v1::participant_client::ParticipantClient;
 use settle_testkit::{Backend, TestDb, scrape, stock, value, wait_for_value};
 use sqlx::Row;
@@ -588,3 +594,132 @@ async fn after_is_told_every_outcome_and_unknown_for_a_call_given_up_on(
     f.serving.stop().await.expect("stop");
 }
 each_mode!(after_is_told_every_outcome_and_unknown_for_a_call_given_up_on);
+
+/// Asks the served participant about message `gid`, as the coordinator does.
+async fn query_prepared(f: &Fixture, gid: &str) -> pb::LocalStatus {
+    f.client
+        .clone()
+        .query_prepared(pb::QueryPreparedRequest {
+            gid: gid.to_owned(),
+        })
+        .await
+        .expect("query_prepared")
+        .into_inner()
+        .status()
+}
+
+async fn query_prepared_answers_from_the_barrier_and_blocks_a_late_commit(
+    backend: Backend,
+    group_commit: bool,
+) {
+    let f = fixture(backend, group_commit).await;
+    let db = f.barrier.database();
+    // Committed: the answer is committed, however often it is asked.
+    let mut tx = db.begin_write().await.expect("begin");
+    assert_eq!(
+        barrier::enter_local(&mut tx, "msg-committed")
+            .await
+            .expect("enter"),
+        LocalEntry::Proceed
+    );
+    tx.commit().await.expect("commit");
+    for _ in 0..2 {
+        assert_eq!(
+            query_prepared(&f, "msg-committed").await,
+            pb::LocalStatus::Committed
+        );
+    }
+    let mut again = db.begin_write().await.expect("begin");
+    assert_eq!(
+        barrier::enter_local(&mut again, "msg-committed")
+            .await
+            .expect("enter"),
+        LocalEntry::Committed,
+        "a repeated local transaction does not run twice"
+    );
+    again.rollback().await.expect("rollback");
+
+    // Asked while the local transaction is still open: the answer waits for its end.
+    let mut open = db.begin_write().await.expect("begin");
+    assert_eq!(
+        barrier::enter_local(&mut open, "msg-open")
+            .await
+            .expect("enter"),
+        LocalEntry::Proceed
+    );
+    let asked = tokio::spawn({
+        let client = f.client.clone();
+        async move {
+            client
+                .clone()
+                .query_prepared(pb::QueryPreparedRequest {
+                    gid: "msg-open".to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().status())
+        }
+    });
+    if backend == Backend::Postgres {
+        // The question is waiting on the local transaction's row lock.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .fetch_one(db.pool())
+            .await
+            .expect("pg_stat_activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the question never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    open.commit().await.expect("commit");
+    assert_eq!(
+        asked.await.expect("join").expect("query_prepared"),
+        pb::LocalStatus::Committed
+    );
+
+    // Never committed: the answer is rolled back, and from then on the local transaction
+    // cannot commit.
+    assert_eq!(
+        query_prepared(&f, "msg-lost").await,
+        pb::LocalStatus::RolledBack
+    );
+    let mut late = db.begin_write().await.expect("begin");
+    assert_eq!(
+        barrier::enter_local(&mut late, "msg-lost")
+            .await
+            .expect("enter"),
+        LocalEntry::RolledBack
+    );
+    late.rollback().await.expect("rollback");
+    assert_eq!(
+        query_prepared(&f, "msg-lost").await,
+        pb::LocalStatus::RolledBack
+    );
+    assert_eq!(
+        f.barrier_rows("msg-lost").await,
+        ["message", "message_rollback"]
+    );
+
+    // Retention removes a rolled-back message's rows, never a committed one's.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    while f
+        .barrier
+        .delete_older_than(Duration::ZERO, 10)
+        .await
+        .expect("delete")
+        > 0
+    {}
+    assert!(f.barrier_rows("msg-lost").await.is_empty());
+    assert_eq!(f.barrier_rows("msg-committed").await, ["message"]);
+    f.serving.stop().await.expect("stop");
+}
+each_mode!(query_prepared_answers_from_the_barrier_and_blocks_a_late_commit);

@@ -7,8 +7,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,8 +21,8 @@ use settle_coordinator::{
 };
 use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
 use settle_testkit::{
-    Answer, Backend, Recorder, TestDb, both, client, get, start_coordinator, stock, test_config,
-    wait_for_status,
+    Answer, Backend, Recorder, Settled, TestDb, both, client, get, start_coordinator, stock,
+    test_config, wait_for_status,
 };
 use sqlx::{AnyConnection, Row};
 use tonic::transport::Channel;
@@ -398,69 +396,13 @@ impl Participant for Gated {
     }
 }
 
-/// `settled` as a child process; killed on drop.
-struct Settled {
-    child: Child,
-    url: String,
-}
-
-impl Settled {
-    fn start(database: &str) -> Settled {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_settled"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                database,
-                "--call-timeout-ms",
-                "500",
-                "--lease-ms",
-                "1000",
-                "--retry-initial-ms",
-                "20",
-                "--retry-cap-ms",
-                "200",
-                "--recovery-interval-ms",
-                "20",
-                // Several run at once: each its own metrics port.
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start settled");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("settled listening on ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"));
-        Settled {
-            url: format!("http://{addr}"),
-            child,
-        }
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no graceful shutdown, no lease release.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Settled {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_settled(database: &str) -> Settled {
+    Settled::start(env!("CARGO_BIN_EXE_settled"), database)
 }
 
 async fn settled_killed_in_phase_two_finishes_everything_after_restart(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let settled = Settled::start(&db.url);
+    let settled = start_settled(&db.url);
     let open = Arc::new(AtomicBool::new(false));
     let mut dbs = Vec::new();
     let mut participants = Vec::new();
@@ -510,7 +452,7 @@ async fn settled_killed_in_phase_two_finishes_everything_after_restart(backend: 
     settled.kill();
 
     open.store(true, Ordering::SeqCst);
-    let restarted = Settled::start(&db.url);
+    let restarted = start_settled(&db.url);
     let mut c = settle_testkit::client(&restarted.url).await;
     for gid in &gids {
         wait_for_status(&mut c, gid, pb::Status::Committed).await;
@@ -588,8 +530,8 @@ async fn two_settled_share_a_postgres_backlog_without_calling_a_branch_twice() {
         futures::future::join_all(batch).await;
     }
 
-    let first = Settled::start(&db.url);
-    let second = Settled::start(&db.url);
+    let first = start_settled(&db.url);
+    let second = start_settled(&db.url);
     let pool = settle::db::Database::connect(&db.url, 1)
         .await
         .expect("pool");

@@ -820,6 +820,12 @@ impl Participant for LosesFirstAnswers {
     ) -> Result<Response<pb::BranchResponse>, Status> {
         self.forward("compensate", request).await
     }
+    async fn query_prepared(
+        &self,
+        _: Request<pb::QueryPreparedRequest>,
+    ) -> Result<Response<pb::QueryPreparedResponse>, Status> {
+        Err(Status::unimplemented("query_prepared"))
+    }
 }
 
 fn debit(amount: i64) -> Debit {

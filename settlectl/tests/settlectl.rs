@@ -3,7 +3,8 @@
 //! SQLite and PostgreSQL: a commit stuck on a failing Confirm shows in `list` and `stats`,
 //! `show` says why, `resolve` finishes it and the audit trail records who did; `retry` runs
 //! a round now; `pause` stops retries until `resume`; `abort` only while TRYING; paging;
-//! token rules; and TLS, with the operator's certificate in the audit trail.
+//! token rules; TLS, with the operator's certificate in the audit trail; and a message
+//! whose service does not answer QueryPrepared.
 //!
 //! The databases and the recording participants come from `settle-testkit`; only tests in
 //! this package can run the `settlectl` binary.
@@ -901,3 +902,74 @@ async fn settlectl_reports_an_unreachable_coordinator_and_usage_errors() {
     let help = settlectl(&closed, &["--help"]).await.ok();
     assert!(help.stdout.contains("resolve"), "{help:?}");
 }
+
+async fn a_message_whose_service_does_not_answer_is_shown_paused_and_resumed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut h = Harness::start(test_config(&db.url)).await;
+    let url = h.url();
+    let steps = h.participant("points").await;
+    let service = Recorder::start().await;
+    service.answer("query_prepared", Answer::Fail);
+    h.client
+        .prepare(pb::PrepareRequest {
+            gid: "msg-1".to_owned(),
+            steps: vec![pb::MessageStep {
+                participant: "points".to_owned(),
+                action: "reward".to_owned(),
+                payload: b"{\"points\":5}".to_vec().into(),
+                group: 0,
+            }],
+            timeout_ms: 100,
+            query_endpoint: service.url.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("prepare");
+    h.wait_for("msg-1", "needs_attention", |tx| tx.needs_attention)
+        .await;
+
+    let listed = settlectl(&url, &["list", "--status", "prepared", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(gids(&listed), ["msg-1"]);
+    let unfinished = settlectl(&url, &["list", "--unfinished", "--output", "json"]).await;
+    assert_eq!(gids(&unfinished.ok().json()), ["msg-1"]);
+    let shown = settlectl(&url, &["show", "msg-1"]).await.ok().stdout;
+    for expected in [
+        "MESSAGE",
+        "PREPARED (needs-attention)",
+        "temporarily failing",
+        "bring back the message's service",
+        "settlectl retry msg-1",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "show lacks {expected:?}:\n{shown}"
+        );
+    }
+    settlectl(&url, &["abort", "msg-1"])
+        .await
+        .fails(1, "only its service can say");
+
+    // Paused, its service is not asked; resumed, it is asked at once and answers.
+    settlectl(&url, &["pause", "msg-1"]).await.ok();
+    let paused = h.wait_idle("msg-1").await;
+    let asked = service.calls_of("query_prepared", "msg-1");
+    service.answer("query_prepared", Answer::Ok);
+    settlectl(&url, &["retry", "msg-1"])
+        .await
+        .fails(1, "paused");
+    assert_eq!(paused.status, Status::Prepared);
+    assert_eq!(service.calls_of("query_prepared", "msg-1"), asked);
+    settlectl(&url, &["resume", "msg-1"]).await.ok();
+    let done = h
+        .wait_for("msg-1", "committed", |tx| {
+            tx.status() == pb::Status::Committed
+        })
+        .await;
+    assert_eq!(done.decided_by, "(query)");
+    assert_eq!(steps.calls_of("execute", "msg-1"), 1);
+    h.stop().await;
+}
+both!(a_message_whose_service_does_not_answer_is_shown_paused_and_resumed);

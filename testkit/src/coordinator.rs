@@ -2,9 +2,15 @@
 //! Coordinator-service calls that tests make of it: connect, Get, wait for a status, and the
 //! code of a call expected to fail.
 //!
+//! [`Settled`] runs the binary instead, for tests that kill it.
+//!
 //! Tests that look behind the API (the engine, the store) open those themselves.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use settle_coordinator::{
     Config, Coordinator, Running, recovery::RecoveryConfig, retry::RetryPolicy,
@@ -83,5 +89,70 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
     match result {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(status) => status.code(),
+    }
+}
+
+/// `settled` as a child process; killed on drop.
+#[derive(Debug)]
+pub struct Settled {
+    child: Child,
+    pub url: String,
+}
+
+impl Settled {
+    /// Starts the `settled` binary at `binary` (a test's `env!("CARGO_BIN_EXE_settled")`)
+    /// on `database`, with short timeouts, leases and retry delays, and waits until it
+    /// listens.
+    pub fn start(binary: &str, database: &str) -> Settled {
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database,
+                "--call-timeout-ms",
+                "500",
+                "--lease-ms",
+                "1000",
+                "--retry-initial-ms",
+                "20",
+                "--retry-cap-ms",
+                "200",
+                "--recovery-interval-ms",
+                "20",
+                // Several run at once: each its own metrics port.
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start settled");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("settled listening on ")
+            .unwrap_or_else(|| panic!("unexpected {line:?}"));
+        Settled {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    /// SIGKILL, and waits for the process to end.
+    pub fn kill(mut self) {
+        // SIGKILL: no graceful shutdown, no lease release.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

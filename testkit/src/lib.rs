@@ -18,7 +18,9 @@ pub mod recorder;
 pub mod redis;
 pub mod stock;
 
-pub use coordinator::{client, code, get, start_coordinator, test_config, wait_for_status};
+pub use coordinator::{
+    Settled, client, code, get, start_coordinator, test_config, wait_for_status,
+};
 pub use db::{Backend, TestDb, fresh_database, postgres_admin_url, run};
 pub use metrics::{scrape, settled_metrics_addr, value, wait_for_value};
 pub use pki::Pki;
