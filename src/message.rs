@@ -41,12 +41,14 @@
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::Serialize;
 use settle_proto::v1 as pb;
 use sqlx::AnyConnection;
 use tonic::Code;
 use tracing::warn;
+
+/// What a message's local transaction returns: a boxed future borrowing its connection.
+pub use futures::future::BoxFuture;
 
 use crate::{
     Client,
@@ -163,10 +165,20 @@ pub struct Sent<T> {
     pub local: Option<T>,
 }
 
+/// A fresh gid for a message: 12 hex digits of epoch milliseconds, then 16 random ones,
+/// so gids sort by time and never repeat.
+pub fn new_gid() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{ms:012x}{:016x}", rand::random::<u64>())
+}
+
 impl Client {
-    /// Starts building a transactional message with gid `gid` (which the local transaction
-    /// records, so it is chosen here; repeating a message with the same gid never runs its
-    /// local transaction twice).
+    /// Starts building a transactional message with gid `gid`, which the local transaction
+    /// records: repeating a message with the same gid never runs its local transaction
+    /// twice. Empty: [`run_local`](Message::run_local) takes a [`new_gid`], and
+    /// [`submit`](Message::submit) lets the coordinator choose.
     pub fn message(&self, gid: impl Into<String>) -> Message {
         Message {
             client: self.clone(),
@@ -277,7 +289,7 @@ impl Message {
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, E>>,
     {
         if self.gid.is_empty() {
-            return Err(Error::Builder("a message's local transaction needs a gid"));
+            self.gid = new_gid();
         }
         if self.query_endpoint.is_empty() {
             return Err(Error::Builder(

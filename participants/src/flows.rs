@@ -1,22 +1,23 @@
 //! The flows the shop exists for, as initiator-side functions over the SDK client:
 //! flash-sale **purchase** (inventory + order + payment + points reward), **points-pay**
 //! (order + points) and **refund** (order + money or points back + restock), the last one
-//! also as a saga ([`refund_saga`]).
+//! also as a saga ([`refund_saga`]), and the purchase also as a transactional message
+//! ([`purchase_message`]).
 //!
 //! Each flow is one TCC transaction. A business refusal aborts it and comes back as
 //! [`Outcome::Refused`]; any other error aborts it too and is returned. Phase two is the
 //! coordinator's: a Commit that answers COMMITTING still completes, retried until done.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use settle::{
     Client,
     client::{BeginOptions, BranchSpec, Error, Status},
-    saga,
+    message, participant, saga,
 };
 
 use crate::{
-    inventory::Units,
+    inventory::{Inventory, Units},
     order::{NewOrder, Order, PayWith, RefundOrder},
     payment::{Charge, Refund},
     points::PointsMove,
@@ -124,6 +125,89 @@ pub async fn purchase_via(
     };
     let tried = tried.await;
     finish(tx, tried).await
+}
+
+/// The purchase as a transactional message (the designs' asynchronous order): the
+/// inventory sells the units in its own local transaction, which decides alone; the order,
+/// the debit and the reward follow as the message's steps, delivered at least once if and
+/// only if that transaction committed. The order is created PENDING, the money and the
+/// reward move together, and the order is then marked PAID. Nothing in the steps may be
+/// refused, so this form is for buyers whose money is not in doubt (funded for the sale);
+/// a step that refuses holds the message for an operator.
+///
+/// Runs in the inventory's process: `inventory` is its service and `query_endpoint` the
+/// URL of its participant server, which answers the coordinator's QueryPrepared. Returns
+/// once the steps were delivered or `wait` passed (delivery goes on regardless); a sold-out
+/// or over-the-limit purchase is refused locally, before any step exists.
+pub async fn purchase_message(
+    client: &Client,
+    inventory: &Arc<Inventory>,
+    query_endpoint: &str,
+    p: &Purchase,
+    wait: Duration,
+) -> Result<Outcome, message::Error<participant::Error>> {
+    let gid = message::new_gid();
+    let units = Units {
+        campaign: Some(p.campaign.clone()),
+        user_id: Some(p.user_id),
+        ..Units::new(&p.sku, p.qty)
+    };
+    let order = NewOrder {
+        user_id: p.user_id,
+        campaign: p.campaign.clone(),
+        sku: p.sku.clone(),
+        qty: p.qty,
+        amount: p.price,
+        pay_with: PayWith::Money,
+    };
+    let charge = Charge {
+        user_id: p.user_id,
+        amount: p.price,
+        out_trade_no: gid.clone(),
+    };
+    let reward = PointsMove {
+        user_id: p.user_id,
+        points: p.reward,
+        out_trade_no: gid.clone(),
+    };
+    let message = client
+        .message(&gid)
+        .query_endpoint(query_endpoint)
+        .timeout(TIMEOUT)
+        .wait(wait)
+        .step(ORDER, "create", &order)
+        .parallel([
+            (
+                PAYMENT,
+                "pay",
+                &serde_json::to_value(&charge).map_err(payload)?,
+            ),
+            (
+                POINTS,
+                "reward",
+                &serde_json::to_value(&reward).map_err(payload)?,
+            ),
+        ])
+        .step(ORDER, "paid", &serde_json::json!({}));
+    let database = inventory.barrier().database().clone();
+    // The local transaction borrows only its connection (as sqlx's transaction closures
+    // do), so what it needs besides is moved in.
+    let inventory = Arc::clone(inventory);
+    let sold = message.run_local(&database, move |conn| {
+        Box::pin(async move { inventory.sell(conn, &units).await })
+    });
+    match sold.await {
+        Ok(sent) => Ok(Outcome::Done(sent.gid)),
+        Err(message::Error::Local(participant::Error::Refused(reason))) => Ok(Outcome::Refused {
+            participant: INVENTORY.to_owned(),
+            reason,
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+fn payload(source: serde_json::Error) -> message::Error<participant::Error> {
+    message::Error::Payload { step: 2, source }
 }
 
 /// An order paid with points.

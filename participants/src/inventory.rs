@@ -665,6 +665,34 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// Sells `units` at once, in the caller's transaction on this inventory's database: the
+    /// local transaction of a message-form purchase (`crate::flows::purchase_message`),
+    /// which has no reservation to confirm. Counts against the buyer's campaign limit like
+    /// a reservation; refuses what a reservation would refuse. The hot path is not used:
+    /// a hot SKU's Redis stock learns of the sale at the next reconcile.
+    pub async fn sell(&self, conn: &mut AnyConnection, units: &Units) -> Result<(), Error> {
+        check(units)?;
+        if let Some(campaign) = self.campaign_of(units) {
+            campaign.admits(service::now_ms())?;
+            if let Some(user_id) = units.user_id {
+                campaign.take(conn, user_id, units.qty).await?;
+            }
+        }
+        let sold = exec(
+            conn,
+            "UPDATE sku SET available = available - $1, sold = sold + $1 \
+             WHERE sku = $2 AND available >= $1",
+            units,
+        )
+        .await?;
+        if sold == 0 {
+            return Err(Error::refuse(format!("sold out (database): {}", units.sku)));
+        }
+        Ok(())
+    }
+}
+
 fn stock_from_row(row: &sqlx::any::AnyRow) -> Result<Stock, sqlx::Error> {
     Ok(Stock {
         initial: row.try_get("initial")?,
@@ -676,12 +704,17 @@ fn stock_from_row(row: &sqlx::any::AnyRow) -> Result<Stock, sqlx::Error> {
 
 fn units(branch: &Branch) -> Result<Units, Error> {
     let units: Units = branch.json()?;
+    check(&units)?;
+    Ok(units)
+}
+
+fn check(units: &Units) -> Result<(), Error> {
     service::positive("qty", units.qty)?;
     service::name("sku", &units.sku)?;
     if let Some(campaign) = &units.campaign {
         service::name("campaign", campaign)?;
     }
-    Ok(units)
+    Ok(())
 }
 
 /// A branch as the hot path names it in Redis.

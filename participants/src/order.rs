@@ -164,36 +164,40 @@ fn unknown(action: &str) -> Error {
     Error::BadPayload(format!("order has no action {action:?}"))
 }
 
+/// Inserts the PENDING order `branch.gid`; refused when the buyer already has a live order
+/// in the campaign.
+async fn insert_pending(branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
+    let order: NewOrder = branch.json()?;
+    service::positive("qty", order.qty)?;
+    service::bounded("amount", order.amount, 0).map_err(Error::BadPayload)?;
+    service::name("campaign", &order.campaign)?;
+    service::name("sku", &order.sku)?;
+    let now = service::now_ms();
+    let created = sqlx::query(
+        "INSERT INTO orders (order_id, user_id, campaign, sku, qty, amount, pay_with, \
+             status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&branch.gid)
+    .bind(order.user_id)
+    .bind(&order.campaign)
+    .bind(&order.sku)
+    .bind(order.qty)
+    .bind(order.amount)
+    .bind(order.pay_with.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    if created.rows_affected() == 0 {
+        return Err(Error::refuse("already bought in this campaign"));
+    }
+    Ok(())
+}
+
 impl Participant for Orders {
     async fn r#try(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
-            "create" => {
-                let order: NewOrder = branch.json()?;
-                service::positive("qty", order.qty)?;
-                service::bounded("amount", order.amount, 0).map_err(Error::BadPayload)?;
-                service::name("campaign", &order.campaign)?;
-                service::name("sku", &order.sku)?;
-                let now = service::now_ms();
-                let created = sqlx::query(
-                    "INSERT INTO orders (order_id, user_id, campaign, sku, qty, amount, pay_with, \
-                     status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8) ON CONFLICT DO NOTHING",
-                )
-                .bind(&branch.gid)
-                .bind(order.user_id)
-                .bind(&order.campaign)
-                .bind(&order.sku)
-                .bind(order.qty)
-                .bind(order.amount)
-                .bind(order.pay_with.as_str())
-                .bind(now)
-                .execute(conn)
-                .await?;
-                if created.rows_affected() == 0 {
-                    return Err(Error::refuse("already bought in this campaign"));
-                }
-                Ok(())
-            }
+            "create" => insert_pending(branch, conn).await,
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
                 if !transition(conn, &refund.order_id, "PAID", "REFUNDING").await? {
@@ -240,6 +244,18 @@ impl Participant for Orders {
 
     async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
+            // A message's steps (`crate::flows::purchase_message`): the order is created
+            // PENDING, and marked PAID once the money moved.
+            "create" => insert_pending(branch, conn).await,
+            "paid" => {
+                if !transition(conn, &branch.gid, "PENDING", "PAID").await? {
+                    return Err(Error::refuse(format!(
+                        "order {} is not pending",
+                        branch.gid
+                    )));
+                }
+                Ok(())
+            }
             "refund" => {
                 let refund: RefundOrder = branch.json()?;
                 if !transition(conn, &refund.order_id, "PAID", "REFUNDED").await? {

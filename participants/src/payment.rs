@@ -364,6 +364,26 @@ impl Participant for Payment {
 
     async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         match branch.action.as_str() {
+            // A message's step (`crate::flows::purchase_message`): the debit at once. A
+            // message cannot be refused, so a buyer short of money holds it for an operator.
+            "pay" => {
+                let charge = charge(branch)?;
+                let movement = Movement {
+                    user_id: charge.user_id,
+                    amount: charge.amount,
+                };
+                let (otn, gid) = (&charge.out_trade_no, &branch.gid);
+                self.ledger
+                    .claim(conn, "pay", otn, movement, gid, State::Done)
+                    .await?;
+                let sql = "UPDATE account SET balance = balance - $1 \
+                           WHERE user_id = $2 AND balance >= $1";
+                if !update(conn, sql, charge.amount, charge.user_id).await? {
+                    let user = charge.user_id;
+                    return refusal(conn, user, "insufficient funds".to_owned()).await;
+                }
+                Ok(())
+            }
             "refund" => {
                 let otn = refund(branch)?.out_trade_no;
                 let paid = self.paid(conn, &otn).await?;

@@ -375,6 +375,14 @@ impl Participant for Points {
     async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let m = points_move(branch)?;
         match branch.action.as_str() {
+            // A message's step (`crate::flows::purchase_message`): the points at once.
+            "reward" => {
+                let (otn, gid, moved) = (&m.out_trade_no, &branch.gid, movement(&m));
+                self.ledger
+                    .claim(conn, "reward", otn, moved, gid, State::Done)
+                    .await?;
+                grant_room(conn, GRANT_AT_ONCE, moved).await
+            }
             "refund" => {
                 self.paid(conn, &m).await?;
                 let (otn, gid, moved) = (&m.out_trade_no, &branch.gid, movement(&m));

@@ -1,12 +1,14 @@
 //! The shop's flows against real services on SQLite and PostgreSQL: concurrent runs keep
 //! every invariant; refusals leave nothing held; a refund restores stock, money and points
-//! exactly once even when it is replayed or its phase two has to be retried.
+//! exactly once even when it is replayed or its phase two has to be retried; the purchase
+//! as a transactional message keeps them too.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use settle::{Client, server::Serving};
 use settle_participants::{
+    campaign::Campaign,
     flows::{self, Outcome, PointsPay, Purchase},
     invariants::{self, Opening},
     inventory::{Inventory, Stock},
@@ -734,3 +736,103 @@ async fn refund_as_a_saga_restores_everything_once_or_compensates(backend: Backe
     coordinator.stop().await.expect("stop");
 }
 both!(refund_as_a_saga_restores_everything_once_or_compensates);
+
+async fn message_form_purchases_keep_every_invariant(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let coordinator = start_coordinator(test_config(&db.url)).await;
+    let shop = TestShop::start(backend, &coordinator.url()).await;
+    let client = Client::connect(coordinator.url()).await.expect("connect");
+    let mut raw = settle_testkit::client(&coordinator.url()).await;
+    let query_endpoint = format!("http://{}", shop.servers[shop::INVENTORY].0);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    shop.inventory
+        .define_campaign(&Campaign {
+            campaign: "sale".to_owned(),
+            starts_at: now - 60_000,
+            ends_at: now + 3_600_000,
+            per_user: 1,
+        })
+        .await
+        .expect("campaign");
+    shop.inventory.restock(SKU, 30).await.expect("restock");
+    let buyers: Vec<i64> = (1..=50).collect();
+    shop.payment
+        .open_accounts(&buyers, 500)
+        .await
+        .expect("accounts");
+    shop.points
+        .open_accounts(&buyers, 30)
+        .await
+        .expect("points");
+    let opening = Opening {
+        money: 50 * 500,
+        points: 50 * 30,
+    };
+
+    // Every buyer once, and every fifth one clicks twice.
+    let mut work = buyers.clone();
+    work.extend(buyers.iter().filter(|u| *u % 5 == 0));
+    let outcomes: Vec<Outcome> = futures::stream::iter(work)
+        .map(|user_id| {
+            let (client, inventory, endpoint) = (
+                client.clone(),
+                shop.inventory.clone(),
+                query_endpoint.clone(),
+            );
+            async move {
+                let wait = Duration::from_secs(10);
+                flows::purchase_message(&client, &inventory, &endpoint, &purchase(user_id), wait)
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .map(|outcome| outcome.expect("no purchase fails outright"))
+        .collect()
+        .await;
+    let done: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Done(gid) => Some(gid),
+            Outcome::Refused { .. } => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 30, "every unit sold, none oversold");
+    for outcome in &outcomes {
+        if let Outcome::Refused {
+            participant,
+            reason,
+        } = outcome
+        {
+            assert_eq!(participant, shop::INVENTORY, "refused locally: {reason}");
+            assert!(
+                reason.contains("sold out") || reason.contains("at most 1"),
+                "{reason}"
+            );
+        }
+    }
+    for gid in done {
+        let tx =
+            settle_testkit::wait_for_status(&mut raw, gid, settle::proto::v1::Status::Committed)
+                .await;
+        assert_eq!(tx.mode(), settle::proto::v1::Mode::Message);
+    }
+    let stock = shop.stock().await;
+    assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 30));
+    assert_eq!(shop.check(opening).await, Vec::<String>::new());
+    let paid = shop
+        .orders
+        .all()
+        .await
+        .expect("orders")
+        .iter()
+        .filter(|o| o.status == "PAID")
+        .count();
+    assert_eq!(paid, 30);
+    shop.stop().await;
+    coordinator.stop().await.expect("stop");
+}
+both!(message_form_purchases_keep_every_invariant);
