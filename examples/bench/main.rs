@@ -152,6 +152,14 @@ struct Args {
     /// Shop mode: SKUs on sale (1 = the flash sale's single hot row); buyers spread over them.
     #[arg(long, default_value_t = 1)]
     skus: i64,
+    /// Shop mode: the purchase as a TCC transaction, or as a transactional message (the
+    /// inventory sells in its local transaction; order, payment and reward are steps).
+    #[arg(long, value_enum, default_value_t = Form::Tcc)]
+    form: Form,
+    /// Shop mode, message form: how long a purchase waits for its steps to be delivered
+    /// (the order paid) before answering; 0 answers once the message is submitted.
+    #[arg(long, default_value_t = 10_000)]
+    message_wait_ms: u64,
     /// Shop services' databases, a template with `{service}`. Default: fresh databases
     /// `{db_prefix}_{service}` with --postgres-admin, else SQLite files in the temp dir.
     #[arg(long)]
@@ -169,6 +177,24 @@ enum Mode {
     Noop,
     /// The flash-sale purchase on the four shop services.
     Shop,
+}
+
+/// How the shop's purchase is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Form {
+    /// One TCC transaction (`settle_participants::flows::purchase`).
+    Tcc,
+    /// A transactional message (`settle_participants::flows::purchase_message`).
+    Message,
+}
+
+impl Form {
+    fn as_str(self) -> &'static str {
+        match self {
+            Form::Tcc => "tcc",
+            Form::Message => "message",
+        }
+    }
 }
 
 impl Mode {

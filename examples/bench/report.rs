@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::{Args, Mode, measure::OpenLoop};
+use crate::{Args, Form, Mode, measure::OpenLoop};
 
 /// The results of a run.
 pub struct Report {
@@ -50,7 +50,14 @@ impl Report {
                 }
             ),
             Mode::Shop => format!(
-                "shop purchase (inventory, order, payment, points), {} SKU(s)",
+                "shop purchase (inventory, order, payment, points) as {}, {} SKU(s)",
+                match args.form {
+                    Form::Tcc => "a TCC transaction".to_owned(),
+                    Form::Message if args.message_wait_ms == 0 => {
+                        "a message, answered once submitted".to_owned()
+                    }
+                    Form::Message => "a message, answered once the order is paid".to_owned(),
+                },
                 args.skus
             ),
         };
@@ -140,6 +147,9 @@ impl Report {
         }
         let json = serde_json::json!({
             "mode": args.mode.as_str(),
+            "form": (args.mode == Mode::Shop).then_some(args.form.as_str()),
+            "message_wait_ms": (args.mode == Mode::Shop && args.form == Form::Message)
+                .then_some(args.message_wait_ms),
             "store": store,
             "external": args.external,
             "tls": args.tls,

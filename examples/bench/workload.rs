@@ -25,6 +25,7 @@ use settle_participants::{
     Shop,
     flows::{self, Outcome, Purchase},
     invariants::{self, Opening},
+    inventory::Inventory,
     shop,
 };
 use settle_proto::v1::{
@@ -35,7 +36,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use settle_testkit::Pki;
 
-use crate::{Args, CLIENT, COORDINATOR, Mode, PARTICIPANT, Result};
+use crate::{Args, CLIENT, COORDINATOR, Form, Mode, PARTICIPANT, Result};
 
 /// A workload ready to run, and what keeps its participants up until the end.
 pub struct Prepared {
@@ -127,11 +128,25 @@ pub async fn prepare(
             let users: Vec<i64> = (1..=args.buyers).collect();
             started.payment.open_accounts(&users, PRICE).await?;
             started.points.open_accounts(&users, 0).await?;
+            let form = match args.form {
+                Form::Tcc => Purchasing::Tcc,
+                Form::Message => Purchasing::Message {
+                    inventory: started.inventory.clone(),
+                    query_endpoint: started
+                        .endpoints()
+                        .into_iter()
+                        .find(|(name, _)| *name == shop::INVENTORY)
+                        .map(|(_, url)| url)
+                        .ok_or("the shop serves no inventory")?,
+                    wait: Duration::from_millis(args.message_wait_ms),
+                },
+            };
             shop = Some(started);
             Workload::Shop {
                 next_buyer: Arc::new(AtomicI64::new(1)),
                 buyers: args.buyers,
                 skus,
+                form,
             }
         }
     };
@@ -178,6 +193,17 @@ pub enum Workload {
         next_buyer: Arc<AtomicI64>,
         buyers: i64,
         skus: i64,
+        form: Purchasing,
+    },
+}
+
+/// How a shop purchase is run.
+pub enum Purchasing {
+    Tcc,
+    Message {
+        inventory: Arc<Inventory>,
+        query_endpoint: String,
+        wait: Duration,
     },
 }
 
@@ -201,7 +227,7 @@ impl Workload {
                 next_buyer,
                 buyers,
                 skus,
-                ..
+                form,
             } => {
                 let user_id = next_buyer.fetch_add(1, Ordering::Relaxed);
                 if user_id > *buyers {
@@ -215,12 +241,28 @@ impl Workload {
                     price: PRICE,
                     reward: REWARD,
                 };
-                match flows::purchase(client, &purchase).await {
-                    Ok(Outcome::Done(_)) => Ok(()),
-                    Ok(Outcome::Refused { participant, .. }) => {
+                let purchased = match form {
+                    Purchasing::Tcc => flows::purchase(client, &purchase)
+                        .await
+                        .map_err(|error| error_kind(&error)),
+                    Purchasing::Message {
+                        inventory,
+                        query_endpoint,
+                        wait,
+                    } => {
+                        flows::purchase_message(client, inventory, query_endpoint, &purchase, *wait)
+                            .await
+                            .map_err(|error| match error.code() {
+                                Some(code) => format!("coordinator {code:?}"),
+                                None => error.to_string(),
+                            })
+                    }
+                };
+                match purchased? {
+                    Outcome::Done(_) => Ok(()),
+                    Outcome::Refused { participant, .. } => {
                         Err(format!("refused by {participant}"))
                     }
-                    Err(error) => Err(error_kind(&error)),
                 }
             }
         }
