@@ -135,6 +135,42 @@ impl<E> From<crate::client::Error> for Error<E> {
     }
 }
 
+/// One step of a message: a participant, an action and the Execute payload.
+#[derive(Debug)]
+pub struct Step {
+    participant: String,
+    action: String,
+    payload: Result<Bytes, serde_json::Error>,
+}
+
+impl Step {
+    /// A step with a JSON payload.
+    pub fn new<T: Serialize + ?Sized>(
+        participant: impl Into<String>,
+        action: impl Into<String>,
+        payload: &T,
+    ) -> Step {
+        Step {
+            participant: participant.into(),
+            action: action.into(),
+            payload: serde_json::to_vec(payload).map(Bytes::from),
+        }
+    }
+
+    /// A step with a raw payload.
+    pub fn raw(
+        participant: impl Into<String>,
+        action: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Step {
+        Step {
+            participant: participant.into(),
+            action: action.into(),
+            payload: Ok(payload.into()),
+        }
+    }
+}
+
 /// A message being built; see [`Client::message`]. Nothing is sent before
 /// [`Message::run_local`] or [`Message::submit`].
 #[derive(Debug)]
@@ -146,7 +182,7 @@ pub struct Message {
     labels: HashMap<String, String>,
     wait: Duration,
     /// Each step with its group: 0 alone, otherwise shared by one `parallel` call.
-    steps: Vec<(String, String, Result<Bytes, serde_json::Error>, u32)>,
+    steps: Vec<(Step, u32)>,
     groups: u32,
 }
 
@@ -228,8 +264,7 @@ impl Message {
         action: impl Into<String>,
         payload: &T,
     ) -> Message {
-        let payload = serde_json::to_vec(payload).map(Bytes::from);
-        self.push(participant.into(), action.into(), payload, 0)
+        self.then(Step::new(participant, action, payload))
     }
 
     /// Adds a step with a raw payload, delivered after the steps before it.
@@ -239,42 +274,34 @@ impl Message {
         action: impl Into<String>,
         payload: impl Into<Bytes>,
     ) -> Message {
-        self.push(participant.into(), action.into(), Ok(payload.into()), 0)
+        self.then(Step::raw(participant, action, payload))
     }
 
-    /// Adds steps `(participant, action, JSON payload)` delivered concurrently with each
-    /// other, after the steps before them.
-    pub fn parallel<'a, T: Serialize + ?Sized + 'a>(
-        mut self,
-        steps: impl IntoIterator<Item = (&'a str, &'a str, &'a T)>,
-    ) -> Message {
-        self.groups += 1;
-        let group = self.groups;
-        for (participant, action, payload) in steps {
-            let payload = serde_json::to_vec(payload).map(Bytes::from);
-            self = self.push(participant.to_owned(), action.to_owned(), payload, group);
-        }
+    /// Adds a prepared step, delivered after the steps before it.
+    pub fn then(mut self, step: Step) -> Message {
+        self.steps.push((step, 0));
         self
     }
 
-    fn push(
-        mut self,
-        participant: String,
-        action: String,
-        payload: Result<Bytes, serde_json::Error>,
-        group: u32,
-    ) -> Message {
-        self.steps.push((participant, action, payload, group));
+    /// Adds steps delivered concurrently with each other, after the steps before them and
+    /// before the steps after them.
+    pub fn parallel(mut self, steps: impl IntoIterator<Item = Step>) -> Message {
+        self.groups += 1;
+        let group = self.groups;
+        self.steps
+            .extend(steps.into_iter().map(|step| (step, group)));
         self
     }
 
     fn wire_steps<E>(&mut self) -> Result<Vec<pb::MessageStep>, Error<E>> {
         let mut steps = Vec::with_capacity(self.steps.len());
-        for (n, (participant, action, payload, group)) in (1..).zip(self.steps.drain(..)) {
+        for (n, (step, group)) in (1..).zip(self.steps.drain(..)) {
             steps.push(pb::MessageStep {
-                participant,
-                action,
-                payload: payload.map_err(|source| Error::Payload { step: n, source })?,
+                participant: step.participant,
+                action: step.action,
+                payload: step
+                    .payload
+                    .map_err(|source| Error::Payload { step: n, source })?,
                 group,
             });
         }

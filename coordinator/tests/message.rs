@@ -147,8 +147,8 @@ impl World {
             .query_endpoint(&self.service_url)
             .timeout(Duration::from_millis(300))
             .parallel([
-                ("ledger", "credit", &credit("alice", 10)),
-                ("ledger", "credit", &credit("bob", 5)),
+                message::Step::new("ledger", "credit", &credit("alice", 10)),
+                message::Step::new("ledger", "credit", &credit("bob", 5)),
             ])
             .step("ledger", "credit", &credit("carol", 1))
     }

@@ -177,16 +177,8 @@ pub async fn purchase_message(
         .wait(wait)
         .step(ORDER, "create", &order)
         .parallel([
-            (
-                PAYMENT,
-                "pay",
-                &serde_json::to_value(&charge).map_err(payload)?,
-            ),
-            (
-                POINTS,
-                "reward",
-                &serde_json::to_value(&reward).map_err(payload)?,
-            ),
+            message::Step::new(PAYMENT, "pay", &charge),
+            message::Step::new(POINTS, "reward", &reward),
         ])
         .step(ORDER, "paid", &serde_json::json!({}));
     let database = inventory.barrier().database().clone();
@@ -204,10 +196,6 @@ pub async fn purchase_message(
         }),
         Err(error) => Err(error),
     }
-}
-
-fn payload(source: serde_json::Error) -> message::Error<participant::Error> {
-    message::Error::Payload { step: 2, source }
 }
 
 /// An order paid with points.
