@@ -170,6 +170,12 @@ pub enum LocalStatus {
     RolledBack,
 }
 
+/// Whether the barrier row of message `gid` is still there in the caller's transaction
+/// that [`enter_local`] entered: an error when the database aborted that transaction.
+pub async fn entered_local(conn: &mut AnyConnection, gid: &str) -> Result<bool, Error> {
+    exists(conn, gid, MESSAGE_BRANCH, LOCAL).await
+}
+
 /// Writes the barrier row of message `gid` inside the caller's write transaction, which
 /// then holds the business writes of the message's local transaction: they commit
 /// together, or not at all. A concurrent [`Barrier::local_status`] waits for this

@@ -40,6 +40,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use serde::Serialize;
 use settle_proto::v1 as pb;
@@ -84,16 +85,23 @@ pub enum Error<E = std::convert::Infallible> {
         /// How many times it was tried.
         tries: u32,
     },
-    /// The local transaction returned this error: it was rolled back and the message
-    /// aborted.
+    /// The local transaction returned this error: it was rolled back, and the message is
+    /// aborted (at once, or by the coordinator's question if the Abort did not get
+    /// through). The gid is spent: a later run with it gets [`Error::RolledBack`].
     #[error("local transaction failed: {0}")]
     Local(E),
+    /// The local transaction returned success, but its database had aborted it (a failed
+    /// statement whose error was swallowed): rolled back, and the message aborted as for
+    /// [`Error::Local`].
+    #[error("message {0}: the database aborted its local transaction")]
+    Aborted(String),
     /// The message was rolled back before its local transaction could commit (the
     /// coordinator asked first, or an earlier attempt failed); nothing ran.
     #[error("message {0} was rolled back; its local transaction will not run")]
     RolledBack(String),
-    /// The local database failed before the commit: rolled back, the message aborted (or
-    /// left to the coordinator's question, which finds it rolled back).
+    /// The local database failed before the local transaction ran: nothing ran, and the
+    /// message stays PREPARED until the coordinator's question finds it rolled back (or a
+    /// repeat with the same gid runs it).
     #[error("local database: {0}")]
     Database(#[from] sqlx::Error),
     /// The barrier's own statements failed before the commit.
@@ -323,6 +331,9 @@ impl Message {
                 "run_local needs the query endpoint of this service's participant server",
             ));
         }
+        if self.wait > MAX_WAIT {
+            return Err(Error::Builder("a message's wait is at most 60 s"));
+        }
         let request = pb::PrepareRequest {
             gid: self.gid.clone(),
             steps: self.wire_steps()?,
@@ -338,35 +349,57 @@ impl Message {
                 async move { coordinator.prepare(request).await }
             })
             .await?;
-        if prepared.status() == Status::Aborted {
-            return Err(Error::RolledBack(prepared.gid));
+        let (gid, found) = (prepared.gid.clone(), prepared.status());
+        if found == Status::Aborted {
+            return Err(Error::RolledBack(gid));
         }
-        let gid = prepared.gid;
         let mut tx = db.begin_write().await?;
         let value = match barrier::enter_local(&mut tx, &gid).await? {
+            // Submitted already, and not by this database's local transaction: a gid
+            // used by `submit` or by another service. Running now would tie nothing.
+            LocalEntry::Proceed if found != Status::Prepared => {
+                rollback(tx, &gid).await;
+                return Err(Error::Coordinator(tonic::Status::failed_precondition(
+                    format!(
+                        "message {gid} is {}, and its local transaction is not in this database",
+                        found.as_str_name()
+                    ),
+                )));
+            }
             LocalEntry::Proceed => match local(&mut tx).await {
                 Ok(value) => {
+                    // A statement that failed inside the closure, its error swallowed, has
+                    // aborted a PostgreSQL transaction, whose COMMIT then rolls back without
+                    // an error: the barrier row must still be there before committing.
+                    match barrier::entered_local(&mut tx, &gid).await {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => {
+                            rollback(tx, &gid).await;
+                            self.abandon(db, &gid).await;
+                            return Err(Error::Aborted(gid));
+                        }
+                    }
                     if let Err(source) = tx.commit().await {
                         return Err(Error::CommitUnknown { gid, source });
                     }
                     Some(value)
                 }
                 Err(error) => {
-                    tx.rollback().await?;
+                    rollback(tx, &gid).await;
                     self.abandon(db, &gid).await;
                     return Err(Error::Local(error));
                 }
             },
             LocalEntry::Committed => {
-                tx.rollback().await?;
+                rollback(tx, &gid).await;
                 None
             }
             LocalEntry::RolledBack => {
-                tx.rollback().await?;
+                rollback(tx, &gid).await;
                 return Err(Error::RolledBack(gid));
             }
         };
-        let status = self.submit_prepared(&gid).await;
+        let status = self.submit_prepared(&gid).await?;
         Ok(Sent {
             gid,
             status,
@@ -374,21 +407,31 @@ impl Message {
         })
     }
 
-    /// Submits a message whose local transaction committed. Failing that, the coordinator
-    /// asks at the deadline, so the failure is only logged.
-    async fn submit_prepared(&self, gid: &str) -> Status {
-        let mut coordinator = self.client.coordinator();
-        let request = self.client.request(pb::SubmitRequest {
-            gid: gid.to_owned(),
-            wait_ms: self.wait.as_millis() as u64,
-            ..Default::default()
-        });
-        match coordinator.submit(request).await {
-            Ok(response) => response.into_inner().status(),
-            Err(status) => {
+    /// Submits a message whose local transaction committed, trying a few times while the
+    /// coordinator is unavailable; after that it is left to the coordinator's question
+    /// (PREPARED). Any other refusal is an error: a message aborted or unknown although
+    /// its local transaction committed means its gid was shared or aborted by hand.
+    async fn submit_prepared<E>(&self, gid: &str) -> Result<Status, Error<E>> {
+        let submit = || async {
+            let mut coordinator = self.client.coordinator();
+            let request = self.client.request(pb::SubmitRequest {
+                gid: gid.to_owned(),
+                wait_ms: self.wait.as_millis() as u64,
+                ..Default::default()
+            });
+            coordinator.submit(request).await
+        };
+        let submitted = submit
+            .retry(ExponentialBuilder::default().with_max_times(3))
+            .when(|status: &tonic::Status| status.code() == Code::Unavailable)
+            .await;
+        match submitted {
+            Ok(response) => Ok(response.into_inner().status()),
+            Err(status) if status.code() == Code::Unavailable => {
                 warn!(%gid, %status, "Submit failed after the local commit; the coordinator will ask and deliver");
-                Status::Prepared
+                Ok(Status::Prepared)
             }
+            Err(status) => Err(Error::Coordinator(status)),
         }
     }
 
@@ -444,5 +487,16 @@ impl Message {
             gid: submitted.gid,
             local: None,
         })
+    }
+}
+
+/// The longest wait the coordinator accepts.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Rolls back a local transaction that wrote nothing to keep; a failure only means the
+/// database closes it, with the same effect.
+async fn rollback(tx: sqlx::Transaction<'static, sqlx::Any>, gid: &str) {
+    if let Err(error) = tx.rollback().await {
+        warn!(%gid, %error, "rolling back the local transaction failed; the database drops it");
     }
 }

@@ -932,10 +932,10 @@ impl<P: Participant> pb::participant_server::Participant for ParticipantService<
             callers.check_query(request.extensions().get::<Peer>())?;
         }
         let gid = request.into_inner().gid;
-        if gid.is_empty() || gid.len() > 128 {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._:-".contains(c);
+        if gid.is_empty() || gid.len() > 128 || !gid.chars().all(allowed) {
             return Err(Status::invalid_argument(format!(
-                "gid must be 1 to 128 characters; {} given",
-                gid.len()
+                "gid {gid:?} is not 1 to 128 of [A-Za-z0-9._:-]"
             )));
         }
         let status = match self

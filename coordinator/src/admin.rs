@@ -375,10 +375,11 @@ impl Admin {
             return self.outcome(gid, true).await;
         }
         let tx = self.existing(gid).await?;
-        if !in_phase_two(tx.status) {
+        // A PREPARED message's steps have not been sent: there is nothing to resolve yet.
+        if !in_phase_two(tx.status) || tx.status == Status::Prepared {
             return Err(Error::FailedPrecondition(format!(
                 "{gid} is {}: branches can be resolved only while a decision is carried out \
-                 (COMMITTING, ABORTING, RUNNING, COMPENSATING, PREPARED)",
+                 (COMMITTING, ABORTING, RUNNING, COMPENSATING)",
                 tx.status
             )));
         }

@@ -102,21 +102,7 @@ pub async fn prepare(ctx: &Context, preparation: Preparation) -> Result<Prepared
     };
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
-    if query_endpoint.is_empty() {
-        return Err(Invalid(
-            "query_endpoint is required: the coordinator asks it whether the local \
-             transaction committed"
-                .to_owned(),
-        )
-        .into());
-    }
-    validate::endpoint(&query_endpoint)?;
-    if query_endpoint.starts_with("https://") && !ctx.participants().calls_tls() {
-        return Err(Error::FailedPrecondition(format!(
-            "query_endpoint {query_endpoint} is https, and this coordinator has no CA to \
-             verify it: start settled with --tls-ca"
-        )));
-    }
+    validate_query_endpoint(ctx, &query_endpoint).await?;
     saga::validate_steps(ctx, "message", &steps).await?;
 
     let labels = labels.into_iter().collect();
@@ -151,6 +137,37 @@ pub async fn prepare(ctx: &Context, preparation: Preparation) -> Result<Prepared
     })
 }
 
+/// A query endpoint is the URL of the service's participant server, or the name of a
+/// registered participant, looked up at each question (so a service that moved is found
+/// where it registered last).
+async fn validate_query_endpoint(ctx: &Context, query_endpoint: &str) -> Result<()> {
+    if query_endpoint.is_empty() {
+        return Err(Invalid(
+            "query_endpoint is required: the coordinator asks it whether the local \
+             transaction committed"
+                .to_owned(),
+        )
+        .into());
+    }
+    if !query_endpoint.contains("://") {
+        validate::participant(query_endpoint)?;
+        if ctx.participants().endpoint(query_endpoint).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "query_endpoint names participant {query_endpoint:?}, which is not registered"
+            )));
+        }
+        return Ok(());
+    }
+    validate::endpoint(query_endpoint)?;
+    if query_endpoint.starts_with("https://") && !ctx.participants().calls_tls() {
+        return Err(Error::FailedPrecondition(format!(
+            "query_endpoint {query_endpoint} is https, and this coordinator has no CA to \
+             verify it: start settled with --tls-ca"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a repeated Prepare or unprepared Submit whose gid holds something else.
 async fn same_message(ctx: &Context, tx: &GlobalTx, steps: &[NewStep]) -> Result<()> {
     if tx.mode != Mode::Message {
@@ -180,9 +197,17 @@ async fn same_message(ctx: &Context, tx: &GlobalTx, steps: &[NewStep]) -> Result
 /// delivers its steps, answering with the status reached within `wait_ms`. A repeated
 /// Submit answers the current status.
 pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> {
-    let wait = validate::wait(submission.wait_ms)?;
     if !submission.steps.is_empty() {
         return submit_unprepared(ctx, submission).await;
+    }
+    let wait = validate::wait(submission.wait_ms)?;
+    if submission.timeout_ms != 0 || !submission.labels.is_empty() {
+        return Err(Invalid(
+            "timeout_ms and labels go with steps, to submit without Prepare; a prepared \
+             message has its own"
+                .to_owned(),
+        )
+        .into());
     }
     let gid = submission.gid;
     validate::gid(&gid)?;
@@ -331,7 +356,11 @@ async fn ask(ctx: &Context, tx: GlobalTx) -> Result<()> {
     };
     let gid = &tx.gid;
     let local = match ctx.store().query_endpoint(gid).await? {
-        Some(endpoint) => ctx.participants().query_prepared(&endpoint, gid).await,
+        Some(url) if url.contains("://") => ctx.participants().query_prepared(&url, gid).await,
+        Some(name) => match ctx.participants().endpoint(&name).await? {
+            Some(url) => ctx.participants().query_prepared(&url, gid).await,
+            None => Local::Unknown(format!("query participant {name:?} is not registered")),
+        },
         None => Local::Unknown("the message has no query endpoint".to_owned()),
     };
     let retry = &ctx.settings().retry;
@@ -358,14 +387,17 @@ async fn ask(ctx: &Context, tx: GlobalTx) -> Result<()> {
         needs_attention,
     } = recorded
     else {
-        info!(%gid, "message changed while its service was asked (submitted or claimed elsewhere)");
+        info!(%gid, "message changed while its service was asked (submitted, aborted or claimed elsewhere)");
         return Ok(());
     };
     match answer {
         Answered::Committed => {
             info!(%gid, "the local transaction committed; message submitted");
+            // Escalation starts afresh for the steps: a flag from unanswered questions says
+            // nothing about them.
             let submitted = GlobalTx {
                 status: Status::Running,
+                needs_attention: false,
                 ..tx
             };
             saga::resume(ctx, submitted).await.map(|_| ())

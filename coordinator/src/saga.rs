@@ -134,7 +134,8 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
     }
     if tx.mode != Mode::Saga {
         return Err(Error::FailedPrecondition(format!(
-            "gid {gid} belongs to a TCC transaction, not a saga"
+            "gid {gid} belongs to a {} transaction, not a saga",
+            tx.mode
         )));
     }
     if !created {

@@ -17,19 +17,22 @@ use std::{
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use settle::{
-    Barrier, Branch, Client, SagaOnly, SagaParticipant,
-    barrier::{self, LocalEntry},
+    Barrier, Branch, Client, Participant,
+    barrier::{self, LocalEntry, Op},
     db::Database,
     message,
-    participant::Error,
+    participant::{Error, Outcome},
     server::Serving,
 };
-use settle_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use settle_proto::v1::{
+    self as pb, admin_client::AdminClient, coordinator_client::CoordinatorClient,
+};
 use settle_testkit::{
     Backend, Settled, TestDb, both, client, code, get, scrape, start_coordinator, stock,
     test_config, value, wait_for_status,
 };
 use sqlx::AnyConnection;
+use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 
 /// One credit: which account, how much.
@@ -39,26 +42,70 @@ struct Credit {
     amount: i64,
 }
 
-/// A participant whose Execute inserts a row into `credit`: fails while its gate is closed
-/// or for its first `fail_first` deliveries, and refuses while `refusing`.
-#[derive(Debug, Default)]
+/// A participant whose Execute inserts a row into `credit`: fails for its first
+/// `fail_first` deliveries, and refuses while `refusing`. While `holding`, the answer to an
+/// Execute that took effect waits (after its local commit) until `release`: the effect is
+/// there, and the coordinator has not heard of it.
+#[derive(Debug)]
 struct Ledger {
-    closed: AtomicBool,
     fail_first: AtomicUsize,
     refusing: AtomicBool,
     deliveries: AtomicUsize,
+    duplicates: AtomicUsize,
+    holding: AtomicBool,
+    held: AtomicUsize,
+    release: watch::Sender<bool>,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger {
+            fail_first: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
+            deliveries: AtomicUsize::new(0),
+            duplicates: AtomicUsize::new(0),
+            holding: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            release: watch::channel(false).0,
+        }
+    }
 }
 
 /// The served side of a [`Ledger`] the test keeps a handle on.
 struct Shared(Arc<Ledger>);
 
-impl SagaParticipant for Shared {
+impl Participant for Shared {
+    async fn r#try(&self, _: &Branch, _: &mut AnyConnection) -> Result<(), Error> {
+        Err(Error::Unsupported("try"))
+    }
+
+    async fn confirm(&self, _: &Branch, _: &mut AnyConnection) -> Result<(), Error> {
+        Err(Error::Unsupported("confirm"))
+    }
+
+    async fn cancel(&self, _: &Branch, _: &mut AnyConnection) -> Result<(), Error> {
+        Err(Error::Unsupported("cancel"))
+    }
+
+    async fn after(&self, op: Op, _: &Branch, outcome: Outcome) {
+        let ledger = &self.0;
+        if op == Op::Execute && outcome == Outcome::Duplicate {
+            ledger.duplicates.fetch_add(1, Ordering::SeqCst);
+        }
+        if op == Op::Execute && outcome == Outcome::Applied && ledger.holding.load(Ordering::SeqCst)
+        {
+            ledger.held.fetch_add(1, Ordering::SeqCst);
+            let _ = ledger
+                .release
+                .subscribe()
+                .wait_for(|released| *released)
+                .await;
+        }
+    }
+
     async fn execute(&self, branch: &Branch, conn: &mut AnyConnection) -> Result<(), Error> {
         let ledger = &self.0;
         let delivery = ledger.deliveries.fetch_add(1, Ordering::SeqCst);
-        if ledger.closed.load(Ordering::SeqCst) {
-            return Err(Error::Failed("gate closed".into()));
-        }
         if delivery < ledger.fail_first.load(Ordering::SeqCst) {
             return Err(Error::Failed(format!("delivery {delivery} fails")));
         }
@@ -84,6 +131,7 @@ impl SagaParticipant for Shared {
 struct World {
     _dbs: Vec<TestDb>,
     raw: CoordinatorClient<Channel>,
+    admin: AdminClient<Channel>,
     client: Client,
     /// The service running local transactions, its database and its participant server
     /// (which answers QueryPrepared).
@@ -116,18 +164,17 @@ async fn world(backend: Backend, coordinator: &str) -> World {
     .await
     .expect("credit table");
     let ledger = Arc::new(Ledger::default());
-    let ledger_server = settle::serve(
-        "ledger",
-        SagaOnly(Shared(ledger.clone())),
-        ledger_barrier.clone(),
-    )
-    .coordinator(coordinator)
-    .bind("127.0.0.1:0".parse().expect("addr"))
-    .await
-    .expect("serve ledger");
+    let ledger_server = settle::serve("ledger", Shared(ledger.clone()), ledger_barrier.clone())
+        .coordinator(coordinator)
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve ledger");
     World {
         _dbs: vec![service_db, ledger_db],
         raw: client(coordinator).await,
+        admin: AdminClient::connect(coordinator.to_owned())
+            .await
+            .expect("admin"),
         client: Client::connect(coordinator.to_owned())
             .await
             .expect("connect"),
@@ -145,7 +192,8 @@ impl World {
         self.client
             .message(gid)
             .query_endpoint(&self.service_url)
-            .timeout(Duration::from_millis(300))
+            // Long: the coordinator must not ask before the local transaction ran.
+            .timeout(Duration::from_secs(60))
             .parallel([
                 message::Step::new("ledger", "credit", &credit("alice", 10)),
                 message::Step::new("ledger", "credit", &credit("bob", 5)),
@@ -168,12 +216,12 @@ impl World {
             .collect()
     }
 
-    async fn prepare(&mut self, gid: &str) -> pb::PrepareResponse {
+    async fn prepare(&mut self, gid: &str, timeout_ms: u64) -> pb::PrepareResponse {
         self.raw
             .prepare(pb::PrepareRequest {
                 gid: gid.to_owned(),
                 steps: World::steps(),
-                timeout_ms: 300,
+                timeout_ms,
                 query_endpoint: self.service_url.clone(),
                 ..Default::default()
             })
@@ -269,6 +317,16 @@ async fn a_committed_local_transaction_delivers_every_step_once(backend: Backend
     assert_eq!(w.sold().await, 1);
     assert_eq!(w.credits("buy-1").await.len(), 3);
 
+    // The query endpoint may be the service's registered name instead of its URL.
+    let named = w
+        .message("buy-3")
+        .query_endpoint("shop")
+        .run_local(w.service.database(), |conn| Box::pin(take_apple(conn)))
+        .await
+        .expect("run_local by name");
+    assert_eq!(named.status, pb::Status::Committed);
+    assert_eq!(w.credits("buy-3").await, expected());
+
     // A local transaction that fails rolls back and aborts the message at once.
     let failed = w
         .message("buy-2")
@@ -284,7 +342,42 @@ async fn a_committed_local_transaction_delivers_every_step_once(backend: Backend
     let tx = get(&mut w.raw, "buy-2").await;
     assert_eq!(tx.status(), pb::Status::Aborted);
     assert!(w.credits("buy-2").await.is_empty());
-    assert_eq!(w.sold().await, 1);
+    assert_eq!(w.sold().await, 2);
+
+    // A statement fails and the closure swallows its error. PostgreSQL has aborted the
+    // transaction (its COMMIT would roll back without a word): nothing is delivered. SQLite
+    // undid only that statement: the rest commits and is delivered.
+    let swallowed = w
+        .message("buy-4")
+        .run_local(w.service.database(), |conn| {
+            Box::pin(async move {
+                take_apple(&mut *conn).await?;
+                let _ = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                    .execute(&mut *conn)
+                    .await;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .await;
+    match backend {
+        Backend::Postgres => {
+            assert!(
+                matches!(swallowed, Err(message::Error::Aborted(_))),
+                "{swallowed:?}"
+            );
+            assert_eq!(get(&mut w.raw, "buy-4").await.status(), pb::Status::Aborted);
+            assert!(w.credits("buy-4").await.is_empty());
+            assert_eq!(w.sold().await, 2);
+        }
+        Backend::Sqlite => {
+            assert_eq!(
+                swallowed.expect("sqlite commits").status,
+                pb::Status::Committed
+            );
+            assert_eq!(w.credits("buy-4").await, expected());
+            assert_eq!(w.sold().await, 3);
+        }
+    }
 
     w.stop().await;
     coordinator.stop().await.expect("stop");
@@ -299,7 +392,8 @@ async fn a_service_dead_after_its_commit_is_asked_and_the_message_submitted(back
     let metrics = coordinator.metrics_addr().expect("metrics listener");
     let mut w = world(backend, &coordinator.url()).await;
 
-    let prepared = w.prepare("crash-after-commit").await;
+    // A long deadline: the question comes when an operator asks for it, after the commit.
+    let prepared = w.prepare("crash-after-commit", 60_000).await;
     assert_eq!(prepared.status(), pb::Status::Prepared);
     assert!(prepared.created);
     // The service's local transaction commits; then the service dies: no Submit.
@@ -312,6 +406,18 @@ async fn a_service_dead_after_its_commit_is_asked_and_the_message_submitted(back
     );
     assert_eq!(take_apple(&mut tx).await.expect("take"), 1);
     tx.commit().await.expect("commit");
+    assert_eq!(
+        get(&mut w.raw, "crash-after-commit").await.status(),
+        pb::Status::Prepared
+    );
+    w.admin
+        .retry(pb::RetryRequest {
+            gid: "crash-after-commit".to_owned(),
+            note: "ask the service now".to_owned(),
+            wait_ms: 10_000,
+        })
+        .await
+        .expect("retry");
 
     let done = wait_for_status(&mut w.raw, "crash-after-commit", pb::Status::Committed).await;
     assert_eq!(done.decided_by, "(query)");
@@ -355,8 +461,9 @@ async fn a_service_dead_before_its_commit_is_asked_and_a_late_commit_refused(bac
     let coordinator = start_coordinator(test_config(&db.url)).await;
     let mut w = world(backend, &coordinator.url()).await;
 
-    w.prepare("crash-before-commit").await;
-    // The service dies before its local transaction commits; the coordinator asks.
+    // The service dies before its local transaction commits; the coordinator asks at the
+    // deadline.
+    w.prepare("crash-before-commit", 300).await;
     let aborted = wait_for_status(&mut w.raw, "crash-before-commit", pb::Status::Aborted).await;
     assert_eq!(aborted.decided_by, "(query)");
     assert_eq!(aborted.reason, "the local transaction did not commit");
@@ -452,9 +559,11 @@ async fn settled_killed_during_delivery_delivers_every_step_exactly_once(backend
     let db = TestDb::new(backend).await;
     let settled = Settled::start(env!("CARGO_BIN_EXE_settled"), &db.url);
     let w = world(backend, &settled.url).await;
-    w.ledger.closed.store(true, Ordering::SeqCst);
+    // The first group's Executes take effect, and their answers wait: the coordinator
+    // dies knowing nothing of them.
+    w.ledger.holding.store(true, Ordering::SeqCst);
 
-    let sends = (0..50).map(|i| {
+    let sends = (0..20).map(|i| {
         let message = w.message(&format!("kill-{i}")).wait(Duration::ZERO);
         let db = w.service.database().clone();
         async move {
@@ -466,33 +575,41 @@ async fn settled_killed_during_delivery_delivers_every_step_exactly_once(backend
     });
     let sent = join_all(sends).await;
     assert!(sent.iter().all(|s| s.local == Some(1)));
-    // Deliveries are failing at the gate when the coordinator dies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while w.ledger.deliveries.load(Ordering::SeqCst) < 50 {
-        assert!(tokio::time::Instant::now() < deadline, "no deliveries");
+    while w.ledger.held.load(Ordering::SeqCst) < 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first groups never took effect"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     settled.kill();
-    w.ledger.closed.store(false, Ordering::SeqCst);
+    w.ledger.holding.store(false, Ordering::SeqCst);
+    w.ledger.release.send_replace(true);
+
     let restarted = Settled::start(env!("CARGO_BIN_EXE_settled"), &db.url);
     let mut c = client(&restarted.url).await;
-    for i in 0..50 {
+    for i in 0..20 {
         wait_for_status(&mut c, &format!("kill-{i}"), pb::Status::Committed).await;
     }
-    for i in 0..50 {
+    for i in 0..20 {
         assert_eq!(
             w.credits(&format!("kill-{i}")).await,
             expected(),
             "kill-{i}"
         );
     }
-    assert_eq!(w.sold().await, 50);
+    assert!(
+        w.ledger.duplicates.load(Ordering::SeqCst) >= 40,
+        "the unanswered Executes were delivered again, and the barrier took them as duplicates"
+    );
+    assert_eq!(w.sold().await, 20);
     let executes: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM settle_barrier WHERE op = 'execute'")
             .fetch_one(w.ledger_db.database().pool())
             .await
             .expect("count");
-    assert_eq!(executes, 150);
+    assert_eq!(executes, 60);
     w.stop().await;
 }
 both!(settled_killed_during_delivery_delivers_every_step_exactly_once);
@@ -549,6 +666,34 @@ async fn bad_input_gets_exact_codes_and_changes_nothing(backend: Backend) {
             prepare(|r| r.steps[1].participant = "nobody".into()),
             Code::NotFound,
         ),
+        (
+            "query endpoint naming no registered participant",
+            prepare(|r| r.query_endpoint = "nobody".into()),
+            Code::NotFound,
+        ),
+        (
+            "query endpoint neither a URL nor a name",
+            prepare(|r| r.query_endpoint = "no such name".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "timeout over 24 h",
+            prepare(|r| r.timeout_ms = 24 * 3_600_000 + 1),
+            Code::InvalidArgument,
+        ),
+        (
+            "too many labels",
+            prepare(|r| r.labels = (0..17).map(|i| (format!("k{i}"), "v".to_owned())).collect()),
+            Code::InvalidArgument,
+        ),
+        (
+            "more steps than the limit",
+            prepare(|r| {
+                let step = r.steps[0].clone();
+                r.steps = vec![step; 65];
+            }),
+            Code::InvalidArgument,
+        ),
     ];
     for (what, request, expected) in cases {
         let answer = w.raw.prepare(request).await;
@@ -602,8 +747,20 @@ async fn bad_input_gets_exact_codes_and_changes_nothing(backend: Backend) {
     };
     assert_eq!(code(w.raw.submit(submit("nope")).await), Code::NotFound);
     assert_eq!(code(w.raw.submit(submit("")).await), Code::InvalidArgument);
-    let tcc = w
-        .raw
+    let too_long = pb::SubmitRequest {
+        wait_ms: 60_001,
+        ..submit("m-1")
+    };
+    assert_eq!(code(w.raw.submit(too_long).await), Code::InvalidArgument);
+    let timeout_without_steps = pb::SubmitRequest {
+        timeout_ms: 1_000,
+        ..submit("m-1")
+    };
+    assert_eq!(
+        code(w.raw.submit(timeout_without_steps).await),
+        Code::InvalidArgument
+    );
+    w.raw
         .begin(pb::BeginRequest {
             gid: "a-tcc".into(),
             timeout_ms: 60_000,
@@ -611,7 +768,6 @@ async fn bad_input_gets_exact_codes_and_changes_nothing(backend: Backend) {
         })
         .await
         .expect("begin");
-    drop(tcc);
     assert_eq!(
         code(w.raw.submit(submit("a-tcc")).await),
         Code::FailedPrecondition
@@ -634,6 +790,7 @@ async fn bad_input_gets_exact_codes_and_changes_nothing(backend: Backend) {
         reason: "changed my mind".into(),
         wait_ms: 0,
     };
+    assert_eq!(code(w.raw.abort(abort("nope")).await), Code::NotFound);
     let aborted = w.raw.abort(abort("m-1")).await.expect("abort").into_inner();
     assert_eq!(aborted.status(), pb::Status::Aborted);
     assert_eq!(

@@ -132,12 +132,8 @@ pub async fn prepare(
                 Form::Tcc => Purchasing::Tcc,
                 Form::Message => Purchasing::Message {
                     inventory: started.inventory.clone(),
-                    query_endpoint: started
-                        .endpoints()
-                        .into_iter()
-                        .find(|(name, _)| *name == shop::INVENTORY)
-                        .map(|(_, url)| url)
-                        .ok_or("the shop serves no inventory")?,
+                    // Its registered name: the coordinator looks its endpoint up.
+                    query_endpoint: shop::INVENTORY.to_owned(),
                     wait: Duration::from_millis(args.message_wait_ms),
                 },
             };
@@ -252,10 +248,7 @@ impl Workload {
                     } => {
                         flows::purchase_message(client, inventory, query_endpoint, &purchase, *wait)
                             .await
-                            .map_err(|error| match error.code() {
-                                Some(code) => format!("coordinator {code:?}"),
-                                None => error.to_string(),
-                            })
+                            .map_err(|error| message_error_kind(&error))
                     }
                 };
                 match purchased? {
@@ -352,6 +345,24 @@ fn error_kind(error: &settle::client::Error) -> String {
         E::Connect(_) => "connect".to_owned(),
         E::InvalidUrl(_) => "invalid URL".to_owned(),
         E::Payload(_) => "payload".to_owned(),
+    }
+}
+
+/// The kind of a message-form purchase's error (its message names the gid).
+fn message_error_kind(error: &settle::message::Error<settle::participant::Error>) -> String {
+    use settle::message::Error as E;
+    match error {
+        E::Coordinator(status) | E::Overloaded { status, .. } => {
+            format!("coordinator {:?}", status.code())
+        }
+        E::Local(_) => "local transaction".to_owned(),
+        E::Aborted(_) => "local transaction aborted".to_owned(),
+        E::RolledBack(_) => "rolled back".to_owned(),
+        E::CommitUnknown { .. } => "local commit unknown".to_owned(),
+        E::Database(_) => "local database".to_owned(),
+        E::Barrier(_) => "barrier".to_owned(),
+        E::Payload { .. } => "payload".to_owned(),
+        E::Builder(_) => "builder".to_owned(),
     }
 }
 

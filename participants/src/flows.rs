@@ -135,8 +135,9 @@ pub async fn purchase_via(
 /// refused, so this form is for buyers whose money is not in doubt (funded for the sale);
 /// a step that refuses holds the message for an operator.
 ///
-/// Runs in the inventory's process: `inventory` is its service and `query_endpoint` the
-/// URL of its participant server, which answers the coordinator's QueryPrepared. Returns
+/// Runs in the inventory's process: `inventory` is its service and `query_endpoint` its
+/// registered name (or the URL of its participant server), which answers the
+/// coordinator's QueryPrepared. Returns
 /// once the steps were delivered or `wait` passed (delivery goes on regardless); a sold-out
 /// or over-the-limit purchase is refused locally, before any step exists.
 pub async fn purchase_message(

@@ -743,7 +743,7 @@ async fn message_form_purchases_keep_every_invariant(backend: Backend) {
     let shop = TestShop::start(backend, &coordinator.url()).await;
     let client = Client::connect(coordinator.url()).await.expect("connect");
     let mut raw = settle_testkit::client(&coordinator.url()).await;
-    let query_endpoint = format!("http://{}", shop.servers[shop::INVENTORY].0);
+    let query_endpoint = shop::INVENTORY.to_owned();
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -961,6 +961,10 @@ async fn a_message_whose_service_does_not_answer_is_shown_paused_and_resumed(bac
         .await
         .fails(1, "paused");
     assert_eq!(paused.status, Status::Prepared);
+    assert!(
+        paused.paused && paused.next_attempt_at.is_none(),
+        "{paused:?}"
+    );
     assert_eq!(service.calls_of("query_prepared", "msg-1"), asked);
     settlectl(&url, &["resume", "msg-1"]).await.ok();
     let done = h

@@ -72,12 +72,14 @@ struct Args {
     /// Pause between recovery passes, in milliseconds.
     #[arg(long, env = "SETTLE_RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     recovery_interval_ms: u64,
-    /// Most transactions begun on this instance and not yet final; a Begin or SubmitSaga
-    /// over it is answered RESOURCE_EXHAUSTED with RetryInfo (0: no limit).
+    /// Most transactions begun on this instance and not yet final; a Begin, SubmitSaga,
+    /// Prepare or unprepared Submit over it is answered RESOURCE_EXHAUSTED with RetryInfo
+    /// (0: no limit).
     #[arg(long, env = "SETTLE_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: u64,
-    /// Begins and SubmitSagas per second, on average, as a token bucket (fractions allowed;
-    /// 0: no limit). Over it: RESOURCE_EXHAUSTED with RetryInfo.
+    /// Starts (Begins, SubmitSagas, Prepares, unprepared Submits) per second, on average, as
+    /// a token bucket (fractions allowed; 0: no limit). Over it: RESOURCE_EXHAUSTED with
+    /// RetryInfo.
     #[arg(long, env = "SETTLE_BEGIN_RATE", default_value_t = 0.0)]
     begin_rate: f64,
     /// Begins allowed at once above --begin-rate after a quiet spell (the bucket's size).

@@ -28,6 +28,9 @@ use crate::{
     store::{self, Store},
 };
 
+/// The most query-endpoint channels kept at once.
+const MAX_QUERIED: usize = 1024;
+
 /// How long a cached endpoint is trusted before it is read from the store again.
 const REFRESH_AFTER: Duration = Duration::from_secs(5);
 
@@ -134,6 +137,11 @@ impl Directory {
             return client.clone();
         }
         let mut queried = self.queried.write().unwrap_or_else(|e| e.into_inner());
+        // URLs come from callers: a bounded cache, emptied when full (a channel is cheap to
+        // make again; it connects lazily).
+        if queried.len() >= MAX_QUERIED {
+            queried.clear();
+        }
         queried
             .entry(endpoint.to_owned())
             .or_insert_with(|| ParticipantClient::new(self.channel(endpoint)))

@@ -212,9 +212,6 @@ impl Participants {
     }
 }
 
-/// Codes that say retrying alone will not help: the participant failed for good
-/// (`INTERNAL`, `DATA_LOSS`), or cannot handle this call at all (`INVALID_ARGUMENT`,
-/// `UNIMPLEMENTED`).
 /// What a message's service said about its local transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Local {
@@ -267,6 +264,9 @@ impl Participants {
     }
 }
 
+/// Codes that say retrying alone will not help: the participant failed for good
+/// (`INTERNAL`, `DATA_LOSS`), or cannot handle this call at all (`INVALID_ARGUMENT`,
+/// `UNIMPLEMENTED`).
 fn permanent(code: Code) -> bool {
     matches!(
         code,

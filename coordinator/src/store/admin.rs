@@ -78,6 +78,8 @@ statements! {
         "UPDATE global_tx SET paused = 0, updated_at = {now}, \
              next_attempt_at = CASE \
                  WHEN global_tx.status IN ('COMMITTED', 'ABORTED') THEN NULL \
+                 WHEN global_tx.status = 'PREPARED' AND global_tx.deadline > {now} \
+                     THEN global_tx.deadline \
                  WHEN global_tx.owner IS NOT NULL AND global_tx.lease_until > {now} \
                      THEN global_tx.lease_until \
                  ELSE {now} END \
@@ -89,6 +91,7 @@ statements! {
          WHERE branch.gid = $1 AND branch.branch_id = $2 \
              AND EXISTS (SELECT 1 FROM global_tx \
                          WHERE global_tx.gid = $1 AND ", lease_free!(), " \
+                             AND global_tx.status <> 'PREPARED' \
                              AND (branch.status = 'PENDING' AND ", driven!(), " \
                                   OR branch.status = 'EXECUTED' \
                                       AND global_tx.status = 'COMPENSATING'))"
