@@ -102,8 +102,8 @@ pub enum AnswerRecorded {
         /// The escalation flag.
         needs_attention: bool,
     },
-    /// The lease was lost (a Submit came meanwhile, or another instance asked): nothing
-    /// was written.
+    /// The lease was lost (a Submit or an Abort came meanwhile, or another instance
+    /// asked): nothing was written.
     LostLease,
 }
 
