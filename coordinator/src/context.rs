@@ -146,6 +146,17 @@ impl Context {
         i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// The gid a saga or message starts with: a generated one when the caller chose none,
+    /// else the caller's, checked and not retired.
+    pub async fn start_gid(&self, gid: String) -> Result<String> {
+        if gid.is_empty() {
+            return Ok(crate::id::new_gid());
+        }
+        crate::validate::gid(&gid)?;
+        self.refuse_retired(&gid).await?;
+        Ok(gid)
+    }
+
     /// Refuses a client-chosen gid whose earlier transaction was removed by retention:
     /// participants still hold barrier rows under it. (Generated gids are new by
     /// construction.)

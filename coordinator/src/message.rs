@@ -17,12 +17,11 @@
 use std::collections::HashMap;
 
 use settle_telemetry::trace;
-use tracing::{Span, info, warn};
+use tracing::{Span, error, info, warn};
 
 use crate::{
     context::Context,
     error::{Error, Result},
-    id,
     model::{GlobalTx, Mode, QUERY, Status},
     participants::Local,
     saga::{self, Submitted},
@@ -93,13 +92,7 @@ pub async fn prepare(ctx: &Context, preparation: Preparation) -> Result<Prepared
         query_endpoint,
         by,
     } = preparation;
-    let gid = if gid.is_empty() {
-        id::new_gid()
-    } else {
-        validate::gid(&gid)?;
-        ctx.refuse_retired(&gid).await?;
-        gid
-    };
+    let gid = ctx.start_gid(gid).await?;
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
     validate_query_endpoint(ctx, &query_endpoint).await?;
@@ -262,13 +255,7 @@ async fn submit_unprepared(ctx: &Context, submission: Submission) -> Result<Subm
         by,
     } = submission;
     let wait = validate::wait(wait_ms)?;
-    let gid = if gid.is_empty() {
-        id::new_gid()
-    } else {
-        validate::gid(&gid)?;
-        ctx.refuse_retired(&gid).await?;
-        gid
-    };
+    let gid = ctx.start_gid(gid).await?;
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
     saga::validate_steps(ctx, "message", &steps).await?;
@@ -387,7 +374,16 @@ async fn ask(ctx: &Context, tx: GlobalTx) -> Result<()> {
         needs_attention,
     } = recorded
     else {
-        info!(%gid, "message changed while its service was asked (submitted, aborted or claimed elsewhere)");
+        let now = ctx.store().get(gid).await?;
+        if answer == Answered::Committed
+            && now.as_ref().is_some_and(|t| t.status == Status::Aborted)
+        {
+            // Only a caller that broke the rule (an Abort while the local transaction could
+            // still commit) or a query endpoint on another database gets here.
+            error!(%gid, "the service says the local transaction committed, but the message was aborted meanwhile: its steps will not be delivered");
+        } else {
+            info!(%gid, "message changed while its service was asked (submitted, aborted or claimed elsewhere)");
+        }
         return Ok(());
     };
     match answer {

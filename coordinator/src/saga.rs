@@ -28,7 +28,6 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::{
     context::Context,
     error::{Error, Result},
-    id,
     model::{BranchStatus, GlobalTx, Mode, Status},
     participants::{Answer, Op},
     store::{
@@ -97,13 +96,7 @@ pub async fn submit(ctx: &Context, submission: Submission) -> Result<Submitted> 
         wait_ms,
         by,
     } = submission;
-    let gid = if gid.is_empty() {
-        id::new_gid()
-    } else {
-        validate::gid(&gid)?;
-        ctx.refuse_retired(&gid).await?;
-        gid
-    };
+    let gid = ctx.start_gid(gid).await?;
     validate::timeout(timeout_ms)?;
     validate::labels(&labels)?;
     let wait = validate::wait(wait_ms)?;

@@ -59,6 +59,31 @@ pub struct Purchase {
     pub reward: i64,
 }
 
+impl Purchase {
+    /// The order, the charge and the reward of purchase `gid`, as both forms send them.
+    fn parts(&self, gid: &str) -> (NewOrder, Charge, PointsMove) {
+        let order = NewOrder {
+            user_id: self.user_id,
+            campaign: self.campaign.clone(),
+            sku: self.sku.clone(),
+            qty: self.qty,
+            amount: self.price,
+            pay_with: PayWith::Money,
+        };
+        let charge = Charge {
+            user_id: self.user_id,
+            amount: self.price,
+            out_trade_no: gid.to_owned(),
+        };
+        let reward = PointsMove {
+            user_id: self.user_id,
+            points: self.reward,
+            out_trade_no: gid.to_owned(),
+        };
+        (order, charge, reward)
+    }
+}
+
 /// Buys: reserves stock first (the usual refusal in a flash sale, and the cheapest),
 /// registered with Begin itself to save a round trip, then creates the order, freezes the
 /// money and stages the reward together.
@@ -89,24 +114,7 @@ pub async fn purchase_via(
     let reserved = tx.try_all().await;
     let tried = async {
         reserved?;
-        let order = NewOrder {
-            user_id: p.user_id,
-            campaign: p.campaign.clone(),
-            sku: p.sku.clone(),
-            qty: p.qty,
-            amount: p.price,
-            pay_with: PayWith::Money,
-        };
-        let charge = Charge {
-            user_id: p.user_id,
-            amount: p.price,
-            out_trade_no: gid.clone(),
-        };
-        let reward = PointsMove {
-            user_id: p.user_id,
-            points: p.reward,
-            out_trade_no: gid.clone(),
-        };
+        let (order, charge, reward) = p.parts(&gid);
         let (order, charge, reward) = tokio::join!(
             tx.try_branch(ORDER, "create", &order),
             tx.try_branch(PAYMENT, "pay", &charge),
@@ -129,17 +137,17 @@ pub async fn purchase_via(
 
 /// The purchase as a transactional message (the designs' asynchronous order): the
 /// inventory sells the units in its own local transaction, which decides alone; the order,
-/// the debit and the reward follow as the message's steps, delivered at least once if and
-/// only if that transaction committed. The order is created PENDING, the money and the
-/// reward move together, and the order is then marked PAID. Nothing in the steps may be
-/// refused, so this form is for buyers whose money is not in doubt (funded for the sale);
-/// a step that refuses holds the message for an operator.
+/// the debit and the reward (when there is one) follow as the message's steps, delivered
+/// at least once if and only if that transaction committed. The order is created PENDING,
+/// the money and the reward move together, and the order is then marked PAID. Nothing in
+/// the steps may be refused, so this form is for buyers whose money is not in doubt
+/// (funded for the sale); a step that refuses holds the message for an operator.
 ///
 /// Runs in the inventory's process: `inventory` is its service and `query_endpoint` its
 /// registered name (or the URL of its participant server), which answers the
-/// coordinator's QueryPrepared. Returns
-/// once the steps were delivered or `wait` passed (delivery goes on regardless); a sold-out
-/// or over-the-limit purchase is refused locally, before any step exists.
+/// coordinator's QueryPrepared. Returns once the steps were delivered or `wait` passed
+/// (delivery goes on regardless); a sold-out or over-the-limit purchase is refused
+/// locally, before any step exists.
 pub async fn purchase_message(
     client: &Client,
     inventory: &Arc<Inventory>,
@@ -153,34 +161,17 @@ pub async fn purchase_message(
         user_id: Some(p.user_id),
         ..Units::new(&p.sku, p.qty)
     };
-    let order = NewOrder {
-        user_id: p.user_id,
-        campaign: p.campaign.clone(),
-        sku: p.sku.clone(),
-        qty: p.qty,
-        amount: p.price,
-        pay_with: PayWith::Money,
-    };
-    let charge = Charge {
-        user_id: p.user_id,
-        amount: p.price,
-        out_trade_no: gid.clone(),
-    };
-    let reward = PointsMove {
-        user_id: p.user_id,
-        points: p.reward,
-        out_trade_no: gid.clone(),
-    };
+    let (order, charge, reward) = p.parts(&gid);
     let message = client
         .message(&gid)
         .query_endpoint(query_endpoint)
         .timeout(TIMEOUT)
         .wait(wait)
         .step(ORDER, "create", &order)
-        .parallel([
-            message::Step::new(PAYMENT, "pay", &charge),
-            message::Step::new(POINTS, "reward", &reward),
-        ])
+        .parallel(
+            std::iter::once(message::Step::new(PAYMENT, "pay", &charge))
+                .chain((p.reward > 0).then(|| message::Step::new(POINTS, "reward", &reward))),
+        )
         .step(ORDER, "paid", &serde_json::json!({}));
     let database = inventory.barrier().database().clone();
     // The local transaction borrows only its connection (as sqlx's transaction closures
