@@ -72,8 +72,9 @@ pub enum Error<E = std::convert::Infallible> {
     /// The builder was used in a way that has no meaning.
     #[error("{0}")]
     Builder(&'static str),
-    /// The coordinator answered with an error status (INVALID_ARGUMENT for malformed
-    /// steps, NOT_FOUND for an unknown participant, …); nothing ran locally.
+    /// The coordinator refused the message (INVALID_ARGUMENT for malformed steps,
+    /// NOT_FOUND for an unknown participant, …), or its gid belongs to a message submitted
+    /// without this database's local transaction; nothing ran locally.
     #[error("coordinator: {0}")]
     Coordinator(tonic::Status),
     /// The coordinator refused to start the message for load, every one of `tries` times;
@@ -107,6 +108,16 @@ pub enum Error<E = std::convert::Infallible> {
     /// The barrier's own statements failed before the commit.
     #[error(transparent)]
     Barrier(#[from] barrier::Error),
+    /// The local transaction committed, and the coordinator refused its Submit for good
+    /// (the message was aborted, or its gid is unknown there): the steps will not be
+    /// delivered. Only a gid shared with something else, or an operator's abort, gets here.
+    #[error("message {gid}: the local transaction committed, but Submit was refused: {status}")]
+    SubmitRefused {
+        /// The message.
+        gid: String,
+        /// The coordinator's answer.
+        status: tonic::Status,
+    },
     /// The commit itself failed, so whether it happened is not known here. Nothing needs
     /// doing: the coordinator asks the service at the message's deadline, and delivers
     /// the steps if and only if it committed.
@@ -125,7 +136,9 @@ impl<E> Error<E> {
     /// The gRPC code behind the error, if there is one.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Coordinator(status) | Error::Overloaded { status, .. } => Some(status.code()),
+            Error::Coordinator(status)
+            | Error::Overloaded { status, .. }
+            | Error::SubmitRefused { status, .. } => Some(status.code()),
             _ => None,
         }
     }
@@ -200,8 +213,8 @@ pub struct Sent<T> {
     /// The message's gid.
     pub gid: String,
     /// COMMITTED when every step was delivered within the wait; RUNNING while delivery
-    /// goes on; PREPARED when the local transaction committed but Submit did not get
-    /// through (the coordinator will ask, and deliver).
+    /// goes on; PREPARED when the local transaction committed but Submit's answer did not
+    /// come back (the coordinator will ask, and deliver, if it did not take it).
     pub status: Status,
     /// What the local transaction returned; `None` when it had already committed in an
     /// earlier run of the same message (so it did not run again), and for
@@ -239,7 +252,8 @@ impl Client {
 
 impl Message {
     /// Where this service's participant server answers `QueryPrepared` (its
-    /// `settle.v1.Participant` endpoint, serving the database of the local transaction).
+    /// `settle.v1.Participant` endpoint, serving the database of the local transaction): a
+    /// URL, or the name it registers under, which the coordinator looks up when it asks.
     /// Required by [`Message::run_local`].
     pub fn query_endpoint(mut self, url: impl Into<String>) -> Message {
         self.query_endpoint = url.into();
@@ -408,9 +422,10 @@ impl Message {
     }
 
     /// Submits a message whose local transaction committed, trying a few times while the
-    /// coordinator is unavailable; after that it is left to the coordinator's question
-    /// (PREPARED). Any other refusal is an error: a message aborted or unknown although
-    /// its local transaction committed means its gid was shared or aborted by hand.
+    /// coordinator cannot be reached; after that it is left to the coordinator's question
+    /// (PREPARED). Only a definite refusal is an error: a message aborted or unknown
+    /// although its local transaction committed means its gid was shared or aborted by
+    /// hand.
     async fn submit_prepared<E>(&self, gid: &str) -> Result<Status, Error<E>> {
         let submit = || async {
             let mut coordinator = self.client.coordinator();
@@ -421,17 +436,25 @@ impl Message {
             });
             coordinator.submit(request).await
         };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(3)
+            .with_jitter();
         let submitted = submit
-            .retry(ExponentialBuilder::default().with_max_times(3))
-            .when(|status: &tonic::Status| status.code() == Code::Unavailable)
+            .retry(backoff)
+            .when(|status: &tonic::Status| !refused(status.code()))
             .await;
         match submitted {
             Ok(response) => Ok(response.into_inner().status()),
-            Err(status) if status.code() == Code::Unavailable => {
+            Err(status) if refused(status.code()) => Err(Error::SubmitRefused {
+                gid: gid.to_owned(),
+                status,
+            }),
+            Err(status) => {
                 warn!(%gid, %status, "Submit failed after the local commit; the coordinator will ask and deliver");
                 Ok(Status::Prepared)
             }
-            Err(status) => Err(Error::Coordinator(status)),
         }
     }
 
@@ -488,6 +511,19 @@ impl Message {
             local: None,
         })
     }
+}
+
+/// Whether a Submit's answer is a refusal that no repeat changes (rather than a lost
+/// connection, a restart or a timeout).
+fn refused(code: Code) -> bool {
+    matches!(
+        code,
+        Code::FailedPrecondition
+            | Code::NotFound
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }
 
 /// The longest wait the coordinator accepts.

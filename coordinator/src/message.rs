@@ -22,6 +22,7 @@ use tracing::{Span, error, info, warn};
 use crate::{
     context::Context,
     error::{Error, Result},
+    metrics::QueryResult,
     model::{GlobalTx, Mode, QUERY, Status},
     participants::Local,
     saga::{self, Submitted},
@@ -346,9 +347,15 @@ async fn ask(ctx: &Context, tx: GlobalTx) -> Result<()> {
         Some(url) if url.contains("://") => ctx.participants().query_prepared(&url, gid).await,
         Some(name) => match ctx.participants().endpoint(&name).await? {
             Some(url) => ctx.participants().query_prepared(&url, gid).await,
-            None => Local::Unknown(format!("query participant {name:?} is not registered")),
+            None => {
+                ctx.metrics().queried(QueryResult::Error);
+                Local::Unknown(format!("query participant {name:?} is not registered"))
+            }
         },
-        None => Local::Unknown("the message has no query endpoint".to_owned()),
+        None => {
+            ctx.metrics().queried(QueryResult::Error);
+            Local::Unknown("the message has no query endpoint".to_owned())
+        }
     };
     let retry = &ctx.settings().retry;
     let answer = match local {
@@ -389,11 +396,8 @@ async fn ask(ctx: &Context, tx: GlobalTx) -> Result<()> {
     match answer {
         Answered::Committed => {
             info!(%gid, "the local transaction committed; message submitted");
-            // Escalation starts afresh for the steps: a flag from unanswered questions says
-            // nothing about them.
             let submitted = GlobalTx {
                 status: Status::Running,
-                needs_attention: false,
                 ..tx
             };
             saga::resume(ctx, submitted).await.map(|_| ())

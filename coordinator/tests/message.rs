@@ -89,12 +89,21 @@ impl Participant for Shared {
 
     async fn after(&self, op: Op, _: &Branch, outcome: Outcome) {
         let ledger = &self.0;
-        if op == Op::Execute && outcome == Outcome::Duplicate {
-            ledger.duplicates.fetch_add(1, Ordering::SeqCst);
+        if op != Op::Execute {
+            return;
         }
-        if op == Op::Execute && outcome == Outcome::Applied && ledger.holding.load(Ordering::SeqCst)
+        if !ledger.holding.load(Ordering::SeqCst) {
+            if outcome == Outcome::Duplicate {
+                ledger.duplicates.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        }
+        // Every answer waits while holding, a repeat's too, so that nothing the coordinator
+        // sends is answered before it dies.
         {
-            ledger.held.fetch_add(1, Ordering::SeqCst);
+            if outcome == Outcome::Applied {
+                ledger.held.fetch_add(1, Ordering::SeqCst);
+            }
             let _ = ledger
                 .release
                 .subscribe()
@@ -584,6 +593,16 @@ async fn settled_killed_during_delivery_delivers_every_step_exactly_once(backend
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     settled.kill();
+    let log = Database::connect(&db.url, 1)
+        .await
+        .expect("coordinator database");
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM global_tx WHERE gid LIKE 'kill-%' AND status = 'COMMITTED'",
+    )
+    .fetch_one(log.pool())
+    .await
+    .expect("count");
+    assert_eq!(committed, 0, "killed before any message was delivered");
     w.ledger.holding.store(false, Ordering::SeqCst);
     w.ledger.release.send_replace(true);
 
@@ -601,7 +620,7 @@ async fn settled_killed_during_delivery_delivers_every_step_exactly_once(backend
     }
     assert!(
         w.ledger.duplicates.load(Ordering::SeqCst) >= 40,
-        "the unanswered Executes were delivered again, and the barrier took them as duplicates"
+        "after the restart the unanswered Executes were delivered again, as duplicates"
     );
     assert_eq!(w.sold().await, 20);
     let executes: i64 =

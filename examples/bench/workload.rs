@@ -359,6 +359,7 @@ fn message_error_kind(error: &settle::message::Error<settle::participant::Error>
         E::Aborted(_) => "local transaction aborted".to_owned(),
         E::RolledBack(_) => "rolled back".to_owned(),
         E::CommitUnknown { .. } => "local commit unknown".to_owned(),
+        E::SubmitRefused { .. } => "submit refused".to_owned(),
         E::Database(_) => "local database".to_owned(),
         E::Barrier(_) => "barrier".to_owned(),
         E::Payload { .. } => "payload".to_owned(),

@@ -223,6 +223,9 @@ pub fn change(output: Output, action: Action, done: &pb::AdminResponse) -> Resul
             format!("paused {gid} ({status}): nothing is retried until `settlectl resume {gid}`")
         }
         Action::Resume if !done.changed => format!("{gid} was not paused ({status})"),
+        Action::Resume if tx.status() == pb::Status::Prepared => {
+            format!("resumed {gid} ({status}): {}", explain(done.now_ms, tx))
+        }
         Action::Resume => format!("resumed {gid} ({status}): retrying now"),
     };
     print_text(&format!("{line}\n"))

@@ -957,6 +957,9 @@ async fn a_message_whose_service_does_not_answer_is_shown_paused_and_resumed(bac
     let paused = h.wait_idle("msg-1").await;
     let asked = service.calls_of("query_prepared", "msg-1");
     service.answer("query_prepared", Answer::Ok);
+    // Nothing to await here: the check is that nothing happens over several recovery
+    // passes (50 ms) and the longest retry delay (200 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     settlectl(&url, &["retry", "msg-1"])
         .await
         .fails(1, "paused");
