@@ -1,7 +1,7 @@
 //! The store against a reference model of the TCC state machine (ARCHITECTURE.md, "State
 //! machines", "Leases"): random sequences of Begin, RegisterBranch, Commit, Abort, the
 //! deadline passing, recovery claims, lease expiry, phase-two rounds by current and stale
-//! owners, graceful release and restarts, on SQLite and PostgreSQL. After every step the
+//! owners, graceful release, restarts and retention, on SQLite and PostgreSQL. After every step the
 //! answer and every stored transaction (status, branches, owner, version, attempts, whether
 //! it is due) must be what the model says. proptest shrinks a divergence to the shortest
 //! sequence and keeps it in `model.proptest-regressions`; `PROPTEST_CASES` runs more (32
@@ -65,6 +65,9 @@ enum Step {
         owner: usize,
     },
     Restart,
+    /// Retention with no minimum age: every finished transaction goes, leaving its gid
+    /// retired.
+    Retention,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -84,6 +87,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(tx, owner, ok)| Step::Round { tx, owner, ok }),
         1 => owner.prop_map(|owner| Step::Release { owner }),
         1 => Just(Step::Restart),
+        1 => Just(Step::Retention),
     ]
 }
 
@@ -119,6 +123,8 @@ struct Model {
     txs: [Option<Tx>; TXS],
     /// The version each owner was handed for each transaction, stale or not.
     leases: HashMap<(usize, usize), i64>,
+    /// Removed by retention: the gid may never be used again.
+    retired: [bool; TXS],
 }
 
 fn gid(case: u64, tx: usize) -> String {
@@ -167,6 +173,17 @@ impl Harness {
                 short,
             } => {
                 let gid = gid(case, tx);
+                if self.model.retired[tx] {
+                    // The engine asks the store before any Begin with a caller's gid, and
+                    // refuses a retired one.
+                    let retired = self
+                        .store
+                        .is_retired(&gid)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check(retired, "a purged gid is not retired")?;
+                    return self.compare().await;
+                }
                 let labels = Default::default();
                 let new: Vec<NewBranch<'_>> = (0..branches)
                     .map(|_| NewBranch {
@@ -416,6 +433,25 @@ impl Harness {
                 self.store.close().await;
                 self.store = Harness::open(&self.url).await;
             }
+            Step::Retention => {
+                // Age 0 purges what finished before the database's now: let a millisecond
+                // pass, so that every finished row here is older.
+                self.let_short_times_pass().await;
+                while self
+                    .store
+                    .purge_finished(0, 1_000)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    == 1_000
+                {}
+                for (tx, m) in self.model.txs.iter_mut().enumerate() {
+                    if m.as_ref().is_some_and(Tx::finished) {
+                        *m = None;
+                        self.model.retired[tx] = true;
+                        self.model.leases.retain(|(t, _), _| *t != tx);
+                    }
+                }
+            }
         }
         self.compare().await
     }
@@ -430,6 +466,18 @@ impl Harness {
                 check(
                     stored.is_none(),
                     &format!("{gid} exists, the model has none"),
+                )?;
+                let retired = self
+                    .store
+                    .is_retired(&gid)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                check(
+                    retired == self.model.retired[tx],
+                    &format!(
+                        "{gid} retired: stored {retired}, model {}",
+                        self.model.retired[tx]
+                    ),
                 )?;
                 continue;
             };
